@@ -1,0 +1,43 @@
+"""The ``openic`` command line: one subcommand module per area, each a thin shell over the library.
+
+Every subcommand module exposes ``register(subparsers)`` and sets ``func`` on its parser; ``func(args)``
+returns the exit code. Errors a user can cause (``ClientError``, missing files) print one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from openic import __version__
+from openic.errors import ClientError
+
+# Listed explicitly (no import-time registration): the order is the order in --help.
+_COMMAND_MODULES = ("openic.cli.rec", "openic.cli.im2rec", "openic.cli.datasets", "openic.cli.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openic", description="SageMaker's Image Classification algorithm, locally, on PyTorch."
+    )
+    parser.add_argument("--version", action="version", version=f"openic {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ClientError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        print(f"openic {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"openic {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `openic rec inspect x.rec | head` is normal use
+        return 0
