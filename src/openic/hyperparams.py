@@ -1,0 +1,399 @@
+"""SageMaker Image Classification hyperparameters: one frozen schema, parsed from SageMaker's string forms.
+
+SageMaker hands every hyperparameter to the container as a JSON string (``"10"``, ``"True"``, ``"10, 20"``), so
+``HyperParameters.from_strings`` is the one parser for CLI flags, JSON files and ``hyperparameters.json``. Each
+field's metadata (help, kind, choices, range) is the single source for validation, the generated CLI flags
+(``openic.cli.hpflags``) and the README table (``HyperParameters.specs()``).
+
+Choices where SageMaker is silent or lenient (spec §1):
+
+* Integers follow SageMaker's schema ``^([1-9][0-9]*)$`` ("10.0", "1.5", "+3", "010" are rejected) or are JSON
+  integers. Booleans: True/False/1/0 (any case) or JSON booleans. Surrounding whitespace is ignored.
+* All errors are collected and raised once (``HyperParameterError``, one per line, each starting "The value '<v>'
+  is not valid for the '<name>' hyperparameter which expects ...", or naming an unknown or missing name).
+* Pair rules checked on construction: checkpoint_frequency <= epochs; top_k <= num_classes (top_k=1 is allowed:
+  the doc says > 1 but SageMaker ran it); use_weighted_loss=1 needs multi_label=1; use_pretrained_model=1 needs
+  depth 18-200 and 3 channels; resize >= min(H, W) (else no image fits the crop); H, W >= 8 px for depths 18-200
+  and >= 4 px for 20-110, their smallest total stride (so SageMaker's documented 18 at 3,28,28 is valid).
+* ``_tuning_objective_metric`` (added by SageMaker's tuner) and ``model_prefix`` are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from openic.errors import ClientError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)  # 4-stage ResNets, pretrained weights exist
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # 3-stage ResNets for small images
+_MIN_SIDE = {**{d: 8 for d in IMAGENET_DEPTHS}, **{d: 4 for d in CIFAR_DEPTHS}}  # px, smallest total stride
+_IGNORED_NAMES = frozenset({"_tuning_objective_metric"})
+_INT = re.compile(r"0|[1-9][0-9]*")
+_BOOLS: dict[object, bool] = {True: True, False: False, "true": True, "1": True, "false": False, "0": False}
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+class HyperParameterError(ClientError):
+    """One or more invalid hyperparameters; ``errors`` holds one message each, ``str(e)`` joins them by line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:
+        return type(self), (self.errors,)  # so it survives pickling (DataLoader workers, multiprocessing)
+
+
+@dataclass(frozen=True)
+class HyperParameterSpec:
+    """One hyperparameter as the CLI generator and the README table see it."""
+
+    name: str
+    kind: str  # int, float, bool, string, C,H,W, int list
+    required: bool
+    default: str | None  # SageMaker's string form; None when required or unset by default
+    help: str
+    choices: tuple[str, ...]
+    expects: str  # what is valid, in the words error messages use
+
+    @property
+    def default_text(self) -> str:
+        return "required" if self.required else "unset" if self.default is None else self.default or "''"
+
+
+def _hp(default: Any, help: str, kind: str, choices: tuple = ()) -> Any:
+    """A field whose metadata drives parsing, validation, CLI flags and docs; ranges follow SageMaker's table
+    (integers positive, floats in [0, 1])."""
+    low, high = (None, None) if choices else {"int": (1, None), "float": (0, 1)}.get(kind, (None, None))
+    meta = {"help": help, "kind": kind, "choices": choices, "low": low, "high": high}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+_EXPECTS = {
+    "int": "a positive integer", "bool": "True or False", "string": "a string",
+    "shape": "'C,H,W' with C 1 or 3 and positive H and W, e.g. '3,224,224'",
+    "steps": "comma-separated, strictly increasing positive epochs, e.g. '10, 20'",
+}
+
+
+def _expects(meta: Mapping[str, Any]) -> str:
+    if meta["choices"]:
+        return "one of the following: " + ", ".join(str(c) for c in meta["choices"])
+    if meta["kind"] == "float":
+        return f"a number between {meta['low']:g} and {meta['high']:g}"
+    return _EXPECTS[meta["kind"]]
+
+
+def _to_int(v: object) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str) and _INT.fullmatch(v.strip()):
+        return int(v.strip())
+    raise ValueError(v)
+
+
+def _to_float(v: object) -> float:
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not (number or isinstance(v, str) and _FLOAT.fullmatch(v.strip())) or not math.isfinite(x := float(v)):
+        raise ValueError(v)  # JSON may hold Infinity/NaN; the string pattern excludes them
+    return x
+
+
+def _to_bool(v: object) -> bool:
+    key = v if isinstance(v, bool) else str(v).strip().lower() if isinstance(v, (str, int)) else None
+    if key not in _BOOLS:
+        raise ValueError(v)
+    return _BOOLS[key]
+
+
+def _to_str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError(v)
+    return v.strip()
+
+
+def _to_ints(v: object) -> tuple[int, ...]:
+    parts = v.split(",") if isinstance(v, str) else v
+    if not isinstance(parts, (list, tuple)):
+        raise ValueError(v)
+    return tuple(_to_int(p) for p in parts)
+
+
+def _to_shape(v: object) -> tuple[int, int, int]:
+    shape = _to_ints(v)
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+        raise ValueError(v)
+    return shape  # type: ignore[return-value]
+
+
+def _to_steps(v: object) -> tuple[int, ...]:
+    steps = () if isinstance(v, str) and not v.strip() else _to_ints(v)
+    if min(steps, default=1) < 1 or any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError(v)
+    return steps
+
+
+_PARSERS = {"int": _to_int, "float": _to_float, "bool": _to_bool, "shape": _to_shape, "steps": _to_steps,
+            "choice": _to_str, "string": _to_str}
+
+
+def _coerce(meta: Mapping[str, Any], optional: bool, value: object) -> object:
+    """Typed value for one field, or ValueError; the caller words the message."""
+    if value is None and (optional or meta["kind"] == "steps"):
+        return () if meta["kind"] == "steps" else None
+    out = _PARSERS[meta["kind"]](value)
+    if meta["choices"] and out not in meta["choices"]:
+        raise ValueError(value)
+    low, high = meta["low"], meta["high"]
+    if (low is not None and out < low) or (high is not None and out > high):  # type: ignore[operator]
+        raise ValueError(value)
+    return out
+
+
+def _invalid(name: str, value: object, expects: str) -> str:
+    return f"The value '{value}' is not valid for the '{name}' hyperparameter which expects {expects}."
+
+
+def _coerce_all(values: Mapping[str, object]) -> tuple[dict[str, object], list[str]]:
+    typed: dict[str, object] = {}
+    errors: list[str] = []
+    for f in (f for f in fields(HyperParameters) if f.name in values):
+        try:
+            typed[f.name] = _coerce(f.metadata, f.default is None, values[f.name])
+        except ValueError:
+            errors.append(_invalid(f.name, values[f.name], _expects(f.metadata)))
+    return typed, errors
+
+
+def _cross_field_errors(v: Mapping[str, Any]) -> list[str]:
+    """Rules that relate two fields; run only when every field is valid on its own."""
+    errors = []
+    if v["checkpoint_frequency"] is not None and v["checkpoint_frequency"] > v["epochs"]:
+        errors.append(_invalid("checkpoint_frequency", v["checkpoint_frequency"], f"a positive integer at most "
+                               f"epochs ({v['epochs']})"))
+    if v["top_k"] is not None and v["top_k"] > v["num_classes"]:
+        errors.append(_invalid("top_k", v["top_k"], f"a positive integer at most num_classes ({v['num_classes']})"))
+    if v["use_weighted_loss"] == 1 and v["multi_label"] != 1:
+        errors.append(_invalid("use_weighted_loss", 1, "0 unless multi_label is 1 (weighted loss is multi-label only)"))
+    c, h, w = v["image_shape"]
+    if v["use_pretrained_model"] == 1 and (v["num_layers"] not in IMAGENET_DEPTHS or c != 3):
+        errors.append(_invalid("use_pretrained_model", 1, "0 unless num_layers is one of "
+                               f"{', '.join(map(str, IMAGENET_DEPTHS))} and image_shape has 3 channels "
+                               f"(got num_layers {v['num_layers']}, {c} channels)"))
+    if v["resize"] is not None and v["resize"] < min(h, w):
+        errors.append(_invalid("resize", v["resize"], f"at least {min(h, w)}, the smaller side of image_shape "
+                               f"{c},{h},{w}: resize sets every image's shorter side, which must fit the crop"))
+    side = _MIN_SIDE[v["num_layers"]]
+    if min(h, w) < side:
+        errors.append(_invalid("image_shape", f"{c},{h},{w}", f"H and W of at least {side} px for num_layers "
+                               f"{v['num_layers']} (the network downsamples by {side} or more)"))
+    return errors
+
+
+@dataclass(frozen=True, kw_only=True)
+class HyperParameters:
+    """SageMaker's image-classification hyperparameters, validated and normalized on construction.
+
+    Fields accept their typed value or SageMaker's string form; ``__post_init__`` converts and validates
+    both (raising ``HyperParameterError``, a ``ClientError``/``ValueError``), so every instance is valid.
+    """
+
+    num_classes: int = _hp(MISSING, "Number of output classes (for multi_label=1, the number of labels).", "int")
+    num_training_samples: int = _hp(MISSING, "Training images; sizes an epoch for the learning-rate schedule.", "int")
+    augmentation_type: str | None = _hp(
+        None, "Training augmentation. crop: random crop + horizontal flip; crop_color: + random hue/saturation/"
+        "lightness shifts (up to 36/50/50); crop_color_transform: + rotation (up to 10 degrees), shear (0.1) and "
+        "aspect change (0.25). Unset: centre crop only.", "choice", ("crop", "crop_color", "crop_color_transform"))
+    beta_1: float = _hp(0.9, "Adam beta1: decay of the first-moment estimate.", "float")
+    beta_2: float = _hp(0.999, "Adam beta2: decay of the second-moment estimate.", "float")
+    checkpoint_frequency: int | None = _hp(None, "Save a checkpoint every N epochs and keep them all (N <= epochs); "
+                                           "unset keeps only the epoch with the best validation accuracy.", "int")
+    early_stopping: bool = _hp(False, "Stop training when validation accuracy stops improving.", "bool")
+    early_stopping_min_epochs: int = _hp(10, "Epochs to run before early stopping may trigger.", "int")
+    early_stopping_patience: int = _hp(5, "Epochs without improvement before early stopping.", "int")
+    early_stopping_tolerance: float = _hp(0.0, "Relative improvement (acc - best) / best below which an epoch "
+                                          "counts as no improvement.", "float")
+    epochs: int = _hp(30, "Number of passes over the training data.", "int")
+    eps: float = _hp(1e-8, "Epsilon added to the denominator by adam and rmsprop.", "float")
+    gamma: float = _hp(0.9, "rmsprop decay of the squared-gradient moving average.", "float")
+    image_shape: tuple[int, int, int] = _hp(
+        (3, 224, 224), "Network input as channels,height,width in pixels. Training crops images to HxW; inference "
+        "resizes them to HxW. C=1 is grayscale.", "shape")
+    kv_store: str | None = _hp(None, "Multi-host weight-update mode; ignored on one machine.", "choice",
+                               ("dist_sync", "dist_async"))
+    learning_rate: float = _hp(0.1, "Initial learning rate.", "float")
+    lr_scheduler_factor: float = _hp(0.1, "Learning-rate multiplier applied at each lr_scheduler_step.", "float")
+    lr_scheduler_step: tuple[int, ...] = _hp((), "Epochs after which the learning rate is multiplied by "
+                                             "lr_scheduler_factor.", "steps")
+    mini_batch_size: int = _hp(32, "Images per step per host, split across its GPUs; at most the number of "
+                               "training images.", "int")
+    momentum: float = _hp(0.9, "Momentum for sgd and nag (SageMaker's effective default is 0.9).", "float")
+    multi_label: int = _hp(0, "1: multi-label training with multi-hot labels; 0: one class per image.", "int", (0, 1))
+    num_layers: int = _hp(152, "ResNet depth: 18-200 for large images, 20-110 (3-stage) for small ones.", "int",
+                          IMAGENET_DEPTHS + CIFAR_DEPTHS)
+    optimizer: str = _hp("sgd", "Optimizer.", "choice", ("sgd", "adam", "rmsprop", "nag"))
+    precision_dtype: str = _hp("float32", "float16 trains with mixed precision; float32 in full precision.",
+                               "choice", ("float32", "float16"))
+    resize: int | None = _hp(None, "Pixels the shorter side of each training image is resized to before cropping; "
+                             "at least the smaller of H and W.", "int")
+    top_k: int | None = _hp(None, "Also report top-k accuracy during training (SageMaker's doc says k > 1, but it "
+                            "accepts 1); at most num_classes.", "int")
+    use_pretrained_model: int = _hp(0, "1: start from ImageNet-pretrained weights of depth num_layers (18-200, "
+                                    "3 channels) and fine-tune.", "int", (0, 1))
+    use_weighted_loss: int = _hp(0, "1: weight the loss by the class distribution (multi_label=1 only).", "int",
+                                 (0, 1))
+    weight_decay: float = _hp(0.0001, "L2 weight decay for sgd and nag.", "float")
+    model_prefix: str = _hp("", "Undocumented SageMaker field; accepted and ignored.", "string")
+
+    def __post_init__(self) -> None:
+        typed, errors = _coerce_all({f.name: getattr(self, f.name) for f in fields(self)})
+        if not errors:
+            errors = _cross_field_errors(typed)
+        if errors:
+            raise HyperParameterError(errors)
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, object]) -> HyperParameters:
+        """Parse SageMaker's string map (JSON numbers, booleans, lists, null for unset also accepted).
+
+        Raises HyperParameterError listing every unknown name (with the closest valid one), missing name and bad value.
+        """
+        names = [f.name for f in fields(cls)]
+        errors = [_unknown(key, names) for key in values if key not in names and key not in _IGNORED_NAMES]
+        if missing := [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]:
+            errors.append(f"Missing required hyperparameter(s): {', '.join(missing)}.")
+        typed, value_errors = _coerce_all(values)
+        errors += value_errors
+        if errors:
+            raise HyperParameterError(errors)
+        return cls(**typed)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        """Every field, JSON-able, in SageMaker's forms (``image_shape`` "3,224,224"); ``from_strings`` inverts it."""
+        return {f.name: _json_form(f.metadata["kind"], getattr(self, f.name)) for f in fields(self)}
+
+    def to_strings(self) -> dict[str, str]:
+        """The set fields as a SageMaker ``hyperparameters.json`` string map (unset optional fields left out)."""
+        return {k: _string_form(v) for k, v in self.to_dict().items() if v is not None}
+
+    def changed(self) -> dict[str, object]:
+        """Fields that differ from their defaults (required ones always), in ``to_dict`` form."""
+        current = self.to_dict()
+        defaults = {s.name: s.default for s in self.specs()}
+        return {k: v for k, v in current.items() if (None if v is None else _string_form(v)) != defaults[k]}
+
+    @classmethod
+    def specs(cls) -> list[HyperParameterSpec]:
+        """Name, kind, default, help and choices of every field, in declaration order."""
+        kinds = {"shape": "C,H,W", "steps": "int list", "choice": "string"}
+        out = []
+        for f in fields(cls):
+            default = None if f.default is MISSING else _json_form(f.metadata["kind"], f.default)
+            out.append(HyperParameterSpec(
+                name=f.name, kind=kinds.get(f.metadata["kind"], f.metadata["kind"]), required=f.default is MISSING,
+                default=None if default is None else _string_form(default), help=f.metadata["help"],
+                choices=tuple(str(c) for c in f.metadata["choices"]), expects=_expects(f.metadata)))
+        return out
+
+    def format_log_block(self) -> list[str]:
+        """SageMaker's "---- Parameters ----" start-up block (spec §5), one string per line."""
+        c, h, w = self.image_shape
+        checkpoint = (f"checkpoint_frequency: {self.checkpoint_frequency}" if self.checkpoint_frequency
+                      else "checkpoint_frequency not set, will store the best model")
+        return ["---- Parameters ----", f"num_layers: {self.num_layers}",
+                f"data type: <type 'numpy.{self.precision_dtype}'>", f"epochs: {self.epochs}",
+                f"image resize size: {self.resize}", f"optimizer: {self.optimizer}", f"momentum: {self.momentum}",
+                f"weight_decay: {self.weight_decay}", f"learning_rate: {self.learning_rate}",
+                f"num_training_samples: {self.num_training_samples}", f"mini_batch_size: {self.mini_batch_size}",
+                f"image_shape: {c},{h},{w}", f"num_classes: {self.num_classes}",
+                f"augmentation_type: {self.augmentation_type}", f"kv_store: {self.kv_store or 'device'}",
+                f"top_k: {self.top_k}", checkpoint, "--------------------"]
+
+
+def _json_form(kind: str, value: Any) -> object:
+    """SageMaker's form of a typed value: tuples become "3,224,224" / "10,20", an empty tuple None."""
+    if kind in ("shape", "steps"):
+        return ",".join(map(str, value)) or None
+    return value
+
+
+def _string_form(value: object) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _unknown(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(str(key).lower(), names, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown hyperparameter '{key}'.{hint} Valid names: {', '.join(sorted(names))}."
+
+
+def resized_hw(hw: tuple[int, int], resize: int | None) -> tuple[int, int]:
+    """(height, width) after MXNet's resize: the shorter side becomes ``resize``, integer-scaled, aspect kept."""
+    h, w = hw
+    if resize is None:
+        return h, w
+    return (resize * h // w, resize) if h > w else (resize, resize * w // h)
+
+
+def cross_check(hp: HyperParameters, *, num_images: int | None = None, label_width: int | None = None,
+                min_image_hw: tuple[int, int] | None = None) -> None:
+    """Checks that need the data, with SageMaker's texts where known; raises HyperParameterError listing each.
+
+    Args:
+        num_images: images in the training channel.
+        label_width: labels per image in the data (1 for class ids, num_classes for multi-hot).
+        min_image_hw: (height, width) before resizing of the smallest training image, or of any one image
+            (with ``resize`` set the aspect ratio decides, so callers may check each distinct size).
+    """
+    errors = []
+    if num_images is not None and num_images < hp.mini_batch_size:
+        errors.append("The number of input images must be bigger or equal to the mini_batch_size. "
+                      f"The data has {num_images} images and mini_batch_size is {hp.mini_batch_size}.")
+    if num_images is not None and num_images != hp.num_training_samples:
+        logger.warning("num_training_samples is %d but the training data has %d images; the learning-rate "
+                       "schedule counts epochs by num_training_samples.", hp.num_training_samples, num_images)
+    if label_width is not None and hp.multi_label == 1 and label_width != hp.num_classes:
+        errors.append(f"Mismatch between number of labels in the multi-label data ({label_width}) "
+                      f"and the num_classes parameter ({hp.num_classes}).")
+    if label_width is not None and hp.multi_label == 0 and label_width != 1:
+        errors.append(f"The data has {label_width} labels per image but multi_label is 0, which expects one "
+                      "class id per image; set multi_label=1 for multi-hot labels.")
+    if min_image_hw is not None:
+        c, h, w = hp.image_shape
+        rh, rw = resized_hw(min_image_hw, hp.resize)
+        if rh < h or rw < w:
+            how = f"is {rh}x{rw} after resize={hp.resize}" if hp.resize else "and resize is not set"
+            errors.append(f"An image of {min_image_hw[0]}x{min_image_hw[1]} pixels (height x width) {how}, "
+                          f"smaller than the {h}x{w} crop of image_shape {c},{h},{w}; set resize to at least "
+                          f"{max(h, w)} or use a smaller image_shape.")
+    if errors:
+        raise HyperParameterError(errors)
+
+
+def load_hyperparameters_file(path: str | Path) -> dict[str, object]:
+    """Read a JSON object of name -> value (SageMaker's ``hyperparameters.json`` or a user file).
+
+    Values stay as written (strings, numbers, booleans, lists); ``HyperParameters.from_strings`` parses them.
+    Raises FileNotFoundError for a missing file and ClientError naming the file for bad JSON or a non-object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # both messages give the position
+        raise ClientError(f"{path}: not a valid UTF-8 JSON hyperparameters file: {e}") from e
+    if not isinstance(data, dict):
+        raise ClientError(f"{path}: expected a JSON object mapping hyperparameter names to values, "
+                          f"got {type(data).__name__}")
+    return data
