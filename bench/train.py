@@ -1,0 +1,177 @@
+"""Training speed and accuracy: openic vs MXNet 1.9.1, side by side, same data and hyperparameters.
+
+Configurations (the issue's): the workshop's ResNet-18 at 3,28,28 (batch 128, lr 0.01) and ResNet-20 at lr 0.1,
+both on the digits RecordIO (``shared/fixtures/rec`` or ``openic datasets digits``), augmentation ``crop``.
+For each, MXNet (``bench/mxnet_train.py`` in ``bench/.mxnet-venv``) and ``openic train`` run one after the other
+on this machine; the script prints per-epoch validation accuracy, training samples/s, time per epoch, total wall
+time, and the ratios. Run: ``.venv/bin/python bench/train.py [--epochs 5] [--configs workshop,resnet20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+from mxnet_env import ensure_mxnet_venv  # noqa: E402
+
+CONFIGS = {
+    "workshop": {"num_layers": 18, "lr": 0.01},
+    "resnet20": {"num_layers": 20, "lr": 0.1},
+}
+
+
+def _data(args: argparse.Namespace) -> tuple[Path, Path, int]:
+    fixtures = ROOT.parent / "shared" / "fixtures" / "rec"
+    train, val = Path(args.train or fixtures / "digits_train.rec"), Path(args.validation or fixtures / "digits_val.rec")
+    count = sum(1 for _ in open(train.with_suffix(".idx")))
+    return train, val, count
+
+
+def run_mxnet(python: Path, cfg: dict, args: argparse.Namespace, train: Path, val: Path, n: int) -> tuple[list, float]:
+    cmd = [
+        str(python),
+        str(BENCH / "mxnet_train.py"),
+        "--train",
+        str(train),
+        "--validation",
+        str(val),
+        "--num-layers",
+        str(cfg["num_layers"]),
+        "--lr",
+        str(cfg["lr"]),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--image-shape",
+        args.image_shape,
+        "--num-training-samples",
+        str(n),
+        "--threads",
+        str(args.threads),
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MXNET_CPU_WORKER_NTHREADS": str(args.threads)}
+    tic = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - tic
+    if out.returncode != 0:
+        raise RuntimeError(f"MXNet run failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")], wall
+
+
+def run_openic(
+    cfg: dict,
+    args: argparse.Namespace,
+    train: Path,
+    val: Path,
+    n: int,
+    extra: list[str],
+) -> tuple[list, float]:
+    out_dir = Path(tempfile.mkdtemp(prefix="openic-bench-"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "openic",
+        "train",
+        "--train",
+        str(train),
+        "--validation",
+        str(val),
+        "--output-dir",
+        str(out_dir),
+        "--no-resume",
+        "--threads",
+        str(args.threads),
+        "--num_layers",
+        str(cfg["num_layers"]),
+        "--learning_rate",
+        str(cfg["lr"]),
+        "--epochs",
+        str(args.epochs),
+        "--mini_batch_size",
+        str(args.batch_size),
+        "--image_shape",
+        args.image_shape,
+        "--num_classes",
+        "10",
+        "--num_training_samples",
+        str(n),
+        "--augmentation_type",
+        "crop",
+        *extra,
+    ]
+    tic = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT / "src")})
+    wall = time.perf_counter() - tic
+    if res.returncode != 0:
+        raise RuntimeError(f"openic run failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if "validation:accuracy" in r]
+    return [
+        {
+            "epoch": r["epoch"],
+            "train_accuracy": r["train:accuracy"],
+            "validation_accuracy": r["validation:accuracy"],
+            "epoch_time": r["epoch_time"],
+            "samples_per_sec": r["samples_per_sec"],
+        }
+        for r in epochs
+    ], wall
+
+
+def report(name: str, mx_rows: list, mx_wall: float, oi_rows: list, oi_wall: float) -> None:
+    print(f"\n== {name} ==")
+    print(
+        f"{'epoch':>5} | {'MXNet val acc':>13} {'samples/s':>9} {'s/epoch':>7} | "
+        f"{'openic val acc':>14} {'samples/s':>9} {'s/epoch':>7} | speed ratio"
+    )
+    for m, o in zip(mx_rows, oi_rows):
+        print(
+            f"{m['epoch']:>5} | {m['validation_accuracy']:>13.4f} {m['samples_per_sec']:>9.1f} "
+            f"{m['epoch_time']:>7.2f} | {o['validation_accuracy']:>14.4f} {o['samples_per_sec']:>9.1f} "
+            f"{o['epoch_time']:>7.2f} | {o['samples_per_sec'] / m['samples_per_sec']:>5.2f}x"
+        )
+    mx_best = max(r["validation_accuracy"] for r in mx_rows)
+    oi_best = max(r["validation_accuracy"] for r in oi_rows)
+    print(f"best val acc: MXNet {mx_best:.4f}, openic {oi_best:.4f} (diff {oi_best - mx_best:+.4f})")
+    print(
+        f"wall time (process start to end): MXNet {mx_wall:.1f} s, openic {oi_wall:.1f} s, "
+        f"openic/MXNet = {oi_wall / mx_wall:.2f}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--configs", default="workshop,resnet20")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-shape", default="3,28,28")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--train")
+    p.add_argument("--validation")
+    p.add_argument("--openic-args", default="", help="extra flags for openic train, e.g. '--precision_dtype float16'")
+    args = p.parse_args()
+    python = ensure_mxnet_venv()
+    train, val, n = _data(args)
+    print(
+        f"data: {train} ({n} images), {val}; epochs {args.epochs}, batch {args.batch_size}, "
+        f"image_shape {args.image_shape}, threads {args.threads}"
+    )
+    for name in args.configs.split(","):
+        cfg = CONFIGS[name]
+        mx_rows, mx_wall = run_mxnet(python, cfg, args, train, val, n)
+        oi_rows, oi_wall = run_openic(cfg, args, train, val, n, args.openic_args.split())
+        report(f"{name}: ResNet-{cfg['num_layers']}, lr {cfg['lr']}", mx_rows, mx_wall, oi_rows, oi_wall)
+
+
+if __name__ == "__main__":
+    main()

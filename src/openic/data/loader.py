@@ -1,0 +1,202 @@
+"""Batches of uint8 images for training and validation.
+
+Two paths, chosen per channel and logged:
+- **in-memory** (small data sets, every image the same size after ``resize``): each image is decoded once into one
+  uint8 tensor ``[N, C, h, w]``; every epoch is then pure tensor work — a permutation, batched augmentation on whole
+  batches, done in a background thread while the model trains. This is what beats MXNet's C++ iterator.
+- **streaming** (large or mixed-size data): a ``DataLoader`` whose workers read, decode, resize and crop each
+  image; the photometric part of the augmentation then runs per batch.
+Batches stay uint8 until they reach the device, where ``to_float_input`` converts them (raw 0..255 pixels: the
+network's first layer is a BatchNorm). Training batches wrap around to stay full, as MXNet's ``round_batch`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from openic.data.sources import Source
+from openic.data.transforms import Augmenter, resize_shorter
+from openic.errors import DataError
+from openic.images import decode_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_MB = int(os.environ.get("OPENIC_CACHE_MB", "4096"))
+
+
+def decode_one(source: Source, i: int, channels: int) -> torch.Tensor:
+    """Decode image ``i`` to a ``[C, h, w]`` uint8 tensor; errors name the file and record."""
+    try:
+        array = decode_image(source.read(i), channels=channels)
+    except DataError as e:
+        raise DataError(f"{source.describe(i)}: {e}") from None
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int = DEFAULT_CACHE_MB,
+                 progress: bool = False) -> torch.Tensor | None:
+    """Decode every image into one ``[N, C, h, w]`` tensor, or ``None`` if sizes differ or it would not fit."""
+    first = decode_one(source, 0, channels)
+    if resize is not None:
+        first = resize_shorter(first[None], resize)[0]
+    n = len(source)
+    need_mb = n * first.numel() / 2**20
+    if need_mb > limit_mb:
+        log.info("Streaming images from disk: %.0f MB decoded exceeds the %d MB in-memory limit (OPENIC_CACHE_MB)",
+                 need_mb, limit_mb)
+        return None
+    out = torch.empty((n, *first.shape), dtype=torch.uint8)
+    out[0] = first
+    indices = range(1, n)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="decoding", unit="img", leave=False)
+    for i in indices:
+        img = decode_one(source, i, channels)
+        if resize is not None:
+            img = resize_shorter(img[None], resize)[0]
+        if img.shape != first.shape:
+            log.info("Streaming images from disk: %s has shape %s, the first image %s (sizes differ)",
+                     source.describe(i), tuple(img.shape), tuple(first.shape))
+            return None
+        out[i] = img
+    return out
+
+
+class _StreamDataset(Dataset):
+    """One decoded, resized, cropped image per item (geometry per sample; photometric work is done per batch)."""
+
+    def __init__(self, source: Source, augmenter: Augmenter, channels: int, train: bool, seed: int) -> None:
+        self.source, self.augmenter, self.channels, self.train, self.seed = source, augmenter, channels, train, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = decode_one(self.source, i, self.channels)[None]
+        if self.train:
+            gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+            img = self.augmenter.train_geometry(img, gen)
+        else:
+            img = self.augmenter.eval_batch(img)
+        return img[0], torch.from_numpy(self.source.labels[i])
+
+
+@dataclass
+class BatchStream:
+    """An epoch's worth of ``(uint8 images [B, C, H, W], float labels [B, L])`` batches."""
+
+    source: Source
+    augmenter: Augmenter
+    batch_size: int
+    train: bool
+    seed: int
+    images: torch.Tensor | None = None  # the in-memory path when set
+    workers: int = 0
+    shard: tuple[int, int] = (0, 1)  # (rank, world size): each rank takes every world-th sample
+
+    def __post_init__(self) -> None:
+        self.labels = torch.from_numpy(self.source.labels)
+        self.epoch = 0
+        self._stream: _StreamDataset | None = None
+        if self.images is None:
+            self._stream = _StreamDataset(self.source, self.augmenter, self.images_channels(), self.train, self.seed)
+
+    def images_channels(self) -> int:
+        return self.augmenter.image_shape[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self._stream is not None:
+            self._stream.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        n = len(self.source)
+        if not self.train:
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
+        rank, world = self.shard
+        order = order[rank::world]
+        if self.train:  # wrap around so every batch is full (MXNet round_batch); also keeps BatchNorm happy
+            short = -len(order) % self.batch_size
+            order = torch.cat([order, order[:short]]) if short else order
+        return order
+
+    def __len__(self) -> int:
+        return -(-len(self._order()) // self.batch_size)
+
+    def num_samples(self) -> int:
+        return len(self._order())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        if self.images is not None:
+            return _prefetch(self._cached_batches(order))
+        return self._streamed_batches(order)
+
+    def _cached_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        assert self.images is not None
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.images[idx]
+            x = self.augmenter.train_batch(x, gen) if self.train else self.augmenter.eval_batch(x)
+            yield x.contiguous(), self.labels[idx]
+
+    def _streamed_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        assert self._stream is not None
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        loader = DataLoader(self._stream, batch_sampler=batches, num_workers=self.workers,
+                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        for x, y in loader:
+            yield (self.augmenter.train_photometric(x, gen) if self.train else x), y
+
+
+def _prefetch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], depth: int = 2,
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Run the batch producer in a thread (torch ops release the GIL), ``depth`` batches ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer thread
+            q.put(e)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True, name="openic-batches")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain so the producer can see `stop`
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass

@@ -1,0 +1,186 @@
+"""Training channels → indexable image sources (encoded bytes + label vectors), no decoding yet.
+
+A SageMaker channel is a folder; openic also accepts a single file. What a channel holds decides its format:
+- RecordIO: one or more ``.rec`` files (labels from each record's ``IRHeader``);
+- image folder + ``.lst`` (the ``train_lst`` / ``validation_lst`` channels, or a ``.lst`` inside the folder);
+- augmented manifest: a ``.manifest`` / ``.jsonl`` file of JSON lines (``source-ref`` + a label attribute).
+Every source exposes ``len()``, ``read(i) -> bytes``, ``labels`` (float32 ``[N, L]``) and ``describe(i)`` (for
+errors that name the file and record). Sources pickle cheaply, so DataLoader workers re-open files themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from openic.errors import ClientError, DataError
+from openic.lst import read_lst_with_lines, resolve_image_path
+from openic.manifest import read_manifest
+from openic.recordio import RecordReader, unpack
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".manifest", ".jsonl", ".json")
+
+
+class RecordSource:
+    """Records of one or more ``.rec`` files, in file order (the ``.idx`` is used when present, else a scan)."""
+
+    def __init__(self, rec_paths: list[Path]) -> None:
+        self.paths = list(rec_paths)
+        self._readers: list[RecordReader] | None = None
+        self.locations: list[tuple[int, int]] = []  # (file number, offset)
+        labels: list[tuple[float, ...]] = []
+        for fno, path in enumerate(self.paths):
+            with RecordReader(path) as reader:
+                if reader.size == 0:
+                    raise ClientError(f"Unable to start training. Empty .rec file: {path}")
+                for record, span in reader.scan():
+                    header, _ = unpack_checked(record, path, span.offset)
+                    self.locations.append((fno, span.offset))
+                    labels.append(header.label if isinstance(header.label, tuple) else (header.label,))
+        self.labels = _label_matrix(labels, [self.describe(i) for i in range(len(labels))])
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def _reader(self, fno: int) -> RecordReader:
+        if self._readers is None:
+            self._readers = [RecordReader(p) for p in self.paths]
+        return self._readers[fno]
+
+    def read(self, i: int) -> bytes:
+        fno, offset = self.locations[i]
+        record = self._reader(fno).read_at(offset)
+        return unpack_checked(record, self.paths[fno], offset)[1]
+
+    def describe(self, i: int) -> str:
+        fno, offset = self.locations[i]
+        return f"{self.paths[fno]} (record {i} at offset {offset})"
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_readers": None}
+
+
+def unpack_checked(record: bytes, path: Path, offset: int):  # noqa: ANN201 - (IRHeader, bytes)
+    try:
+        return unpack(record)
+    except DataError as e:
+        raise DataError(f"{path}: record at offset {offset}: {e}") from None
+
+
+class FileListSource:
+    """Images named by a ``.lst`` file or a manifest, read from disk on demand."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, origins: list[str]) -> None:
+        self.files, self.labels, self.origins = files, labels, origins
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int) -> bytes:
+        try:
+            return self.files[i].read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.origins[i]}: image not found: {self.files[i]}") from None
+
+    def describe(self, i: int) -> str:
+        return f"{self.files[i]} ({self.origins[i]})"
+
+
+Source = RecordSource | FileListSource
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Where a channel's data lives: ``path`` (file or folder) and an optional ``.lst`` file or folder."""
+
+    name: str
+    path: Path
+    lst: Path | None = None
+
+
+def _label_matrix(labels: list[tuple[float, ...]], where: list[str]) -> np.ndarray:
+    if not labels:
+        raise ClientError("no images found")
+    width = len(labels[0])
+    for i, lab in enumerate(labels):
+        if len(lab) != width:
+            raise DataError(f"{where[i]}: has {len(lab)} labels, but {where[0]} has {width}; all must agree")
+    return np.asarray(labels, dtype=np.float32).reshape(len(labels), width)
+
+
+def _find(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
+    files: list[Path] = []
+    labels: list[tuple[float, ...]] = []
+    origins: list[str] = []
+    for lst in lst_files:
+        for lineno, entry in read_lst_with_lines(lst):
+            source = f"{lst}:{lineno}"
+            files.append(resolve_image_path(root, entry.path, source=source))
+            labels.append(tuple(entry.labels))
+            origins.append(source)
+    return FileListSource(files, _label_matrix(labels, origins), origins)
+
+
+def _manifest_source(manifest: Path, label_format: str, num_classes: int | None) -> FileListSource:
+    entries = read_manifest(manifest, label_format=label_format, num_classes=num_classes)
+    files, labels, origins = [], [], []
+    for number, entry in enumerate(entries, 1):
+        source = f"{manifest} (entry {number})"
+        ref = entry.source_ref
+        if ref.startswith("file://"):
+            ref = ref[len("file://") :]
+        if "://" in ref:
+            raise ClientError(f"{source}: source-ref {entry.source_ref!r} is not a local file; only local paths and "
+                              f"file:// URIs are supported for manifests")
+        path = Path(ref)
+        files.append(path if path.is_absolute() else resolve_image_path(manifest.parent, ref, source=source))
+        labels.append(tuple(entry.labels))
+        origins.append(source)
+    return FileListSource(files, _label_matrix(labels, origins), origins)
+
+
+def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_classes: int | None = None) -> Source:
+    """Decide the channel's format from what it holds and open it; errors name the channel and path."""
+    path, name = channel.path, channel.name
+    if not path.exists():
+        raise FileNotFoundError(f"{name} channel: {path} does not exist")
+    if channel.lst is not None:
+        if not channel.lst.exists():
+            raise FileNotFoundError(f"{name}_lst channel: {channel.lst} does not exist")
+        lsts = [channel.lst] if channel.lst.is_file() else _find(channel.lst, (".lst",))
+        if not lsts:
+            raise ClientError(f"{name}_lst channel: no .lst file in {channel.lst}")
+        root = path if path.is_dir() else path.parent
+        log.info("Creating the %s data set from %s", name, ", ".join(map(str, lsts)))
+        return _lst_source(lsts, root)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".rec":
+            return RecordSource([path])
+        if suffix == ".lst":
+            return _lst_source([path], path.parent)
+        if suffix in MANIFEST_SUFFIXES:
+            return _manifest_source(path, label_format, num_classes)
+        raise ClientError(f"{name} channel: cannot tell the format of {path}; expected a .rec, .lst or "
+                          f"{'/'.join(MANIFEST_SUFFIXES)} file, or a folder holding them")
+    log.info("Searching for .rec files in %s.", path)
+    recs = _find(path, (".rec",))
+    if recs:
+        return RecordSource(recs)
+    lsts = _find(path, (".lst",))
+    if lsts:
+        return _lst_source(lsts, path)
+    manifests = _find(path, MANIFEST_SUFFIXES)
+    if len(manifests) == 1:
+        return _manifest_source(manifests[0], label_format, num_classes)
+    raise ClientError(f"Unable to start training. No .rec, .lst or manifest file in the {name} channel ({path}); "
+                      f"image folders need a .lst file (pass --{name}-lst or run `openic im2rec --list`)")

@@ -1,0 +1,117 @@
+"""Run state that survives a crash: the per-epoch checkpoint, the best weights, early stopping.
+
+Layout under the output directory (every file written to a temporary name, then renamed):
+- ``checkpoints/last``: model + optimizer + run state after the last completed epoch (resume point);
+- ``checkpoints/best.safetensors``: the best-validation weights (when ``checkpoint_frequency`` is unset);
+- ``checkpoints/image-classification-%04d.safetensors``: every ``checkpoint_frequency``-th epoch (number = epoch+1,
+  SageMaker's naming), all of which go into ``model.tar.gz``.
+Best means strictly better validation accuracy (equal does not replace, as observed in SageMaker's logs). Early
+stopping counts an epoch as improving when ``(acc - best) / best > early_stopping_tolerance`` (so at tolerance 0 a
+tie is no improvement); it may stop once ``early_stopping_min_epochs`` epochs have run and
+``early_stopping_patience`` epochs in a row did not improve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from openic.artifacts import save_model
+from openic.checkpoint import atomic_path, clean_state_dict, load_checkpoint, save_checkpoint, unwrap_model
+from openic.errors import ClientError
+from openic.hyperparams import HyperParameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    epochs_done: int = 0
+    num_update: int = 0
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    saved_epochs: list[int] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file(clean_state_dict(unwrap_model(model).state_dict()), str(tmp))
+
+
+class Checkpointer:
+    def __init__(self, out_dir: Path, hp: HyperParameters) -> None:
+        self.out, self.hp = out_dir, hp
+        self.dir = out_dir / "checkpoints"
+        self.last = self.dir / "last"
+        self.best = self.dir / "best.safetensors"
+
+    def periodic(self, epoch: int) -> Path:
+        return self.dir / f"image-classification-{epoch + 1:04d}.safetensors"
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None) -> RunState:
+        """Continue after the last completed epoch if this output directory holds a checkpoint of the same run."""
+        if not self.last.exists():
+            return RunState()
+        state = load_checkpoint(self.last, model=model, optimizer=optimizer, scaler=scaler)
+        saved_hp = state.get("hyperparameters")
+        if saved_hp != self.hp.to_dict():
+            changed = sorted(k for k in set(saved_hp or {}) | set(self.hp.to_dict())
+                             if (saved_hp or {}).get(k) != self.hp.to_dict().get(k))
+            raise ClientError(f"{self.out} holds a checkpoint of a run with other hyperparameters (differing: "
+                              f"{', '.join(changed)}); use a new --output-dir, or --no-resume to start over")
+        run = RunState(**state["run"])
+        log.info("Resuming from %s: %d epochs already done", self.last, run.epochs_done)
+        return run
+
+    def after_epoch(self, run: RunState, epoch: int, accuracy: float, model: nn.Module) -> None:
+        """Update best / periodic weights and the early-stopping counter for a finished epoch."""
+        run.epochs_done = epoch + 1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        previous = run.best_accuracy
+        if self.hp.early_stopping:
+            gained = previous is None or (accuracy - previous) / max(previous, 1e-12) > self.hp.early_stopping_tolerance
+            run.epochs_without_improvement = 0 if gained else run.epochs_without_improvement + 1
+        if previous is None or accuracy > previous:
+            run.best_accuracy, run.best_epoch = accuracy, epoch
+            if self.hp.checkpoint_frequency is None:
+                log.info("Storing the best model with validation accuracy: %f", accuracy)
+                _save_weights(model, self.best)
+                log.info('Saved checkpoint to "%s"', self.best)
+        freq = self.hp.checkpoint_frequency
+        if freq is not None and (epoch + 1) % freq == 0:
+            _save_weights(model, self.periodic(epoch))
+            run.saved_epochs.append(epoch)
+            log.info('Saved checkpoint to "%s"', self.periodic(epoch))
+
+    def should_stop_early(self, run: RunState, epoch: int) -> bool:
+        hp = self.hp
+        return (hp.early_stopping and epoch + 1 >= hp.early_stopping_min_epochs
+                and run.epochs_without_improvement >= hp.early_stopping_patience and epoch + 1 < hp.epochs)
+
+    def save(self, run: RunState, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None) -> None:
+        state = {"hyperparameters": self.hp.to_dict(), "run": json.loads(json.dumps(asdict(run)))}
+        save_checkpoint(self.last, model=unwrap_model(model), optimizer=optimizer, scaler=scaler, state=state)
+
+    def write_model(self, run: RunState, model: nn.Module, class_names: list[str] | None) -> Path:
+        """``model.tar.gz``: the best epoch's weights, or the last ones plus every periodic checkpoint."""
+        model = unwrap_model(model)
+        checkpoints = None
+        epoch = run.epochs_done - 1
+        if self.hp.checkpoint_frequency is None and self.best.exists():
+            model.load_state_dict(load_file(str(self.best)))
+            epoch = run.best_epoch if run.best_epoch is not None else epoch
+        elif self.hp.checkpoint_frequency is not None:
+            checkpoints = {e: load_file(str(self.periodic(e))) for e in run.saved_epochs}
+        metrics = {"best_validation_accuracy": run.best_accuracy} if run.best_accuracy is not None else None
+        return save_model(self.out, model, self.hp, epoch=epoch, class_names=class_names, checkpoints=checkpoints,
+                          metrics=metrics)

@@ -1,0 +1,184 @@
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``fit`` — a plain ``for epoch`` loop.
+
+``fit`` reads top to bottom: set up (data, model, optimizer), resume from the last checkpoint if the output
+directory has one, then per epoch train → validate → log SageMaker's lines → keep the best / periodic weights →
+write a checkpoint atomically → maybe stop early; finally write ``model.tar.gz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from openic.data.sources import Channel
+from openic.data.transforms import to_float_input
+from openic.hyperparams import HyperParameters
+from openic.tracking import FileTracker, Tracker
+from openic.train import optim
+from openic.train.checkpoint import RunState, Checkpointer
+from openic.train.metrics import Accuracy, LossFn, make_loss
+from openic.train.setup import TrainConfig, build_data, build_model, epochs_math_check, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Step:
+    """What one training step needs besides the batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    device: torch.device
+    autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler | None
+
+
+def _autocast(hp: HyperParameters, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
+    """float16 = mixed precision: fp16 + loss scaling on CUDA, bf16 autocast on CPU (no scaling needed)."""
+    if hp.precision_dtype != "float16":
+        return contextlib.nullcontext(), False
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16), True
+    return torch.autocast("cpu", dtype=torch.bfloat16), False
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = to_float_input(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_one_epoch(step: Step, batches, hp: HyperParameters, run: RunState, epoch: int, *,
+                    log_every: int, epoch_steps: int, tracker: Tracker, progress: bool) -> dict[str, float]:
+    """One pass over the training stream; logs MXNet's Speedometer line every ``log_every`` batches."""
+    step.model.train()
+    epoch_acc = Accuracy(step.device, bool(hp.multi_label), hp.top_k)
+    window = Accuracy(step.device, bool(hp.multi_label), hp.top_k)
+    tic = time.perf_counter()
+    window_samples = 0
+    iterator = batches
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(batches, total=len(batches), desc=f"epoch {epoch}", unit="batch", leave=False)
+    for nbatch, (x, y) in enumerate(iterator, 1):
+        lr = optim.learning_rate_at(hp, run.num_update, epoch_steps)
+        optim.set_learning_rate(step.optimizer, lr)
+        x, y = _to_device(x, y, step.device)
+        with step.autocast:
+            logits = step.model(x)
+        loss = step.loss_fn(logits, y)
+        step.optimizer.zero_grad(set_to_none=True)
+        if step.scaler is not None:
+            step.scaler.scale(loss).backward()
+            step.scaler.step(step.optimizer)
+            step.scaler.update()
+        else:
+            loss.backward()
+            step.optimizer.step()
+        run.num_update += 1
+        epoch_acc.update(logits, y, loss)
+        window.update(logits, y, loss)
+        window_samples += x.shape[0]
+        if nbatch % log_every == 0:
+            speed = window_samples / max(time.perf_counter() - tic, 1e-9)
+            values = window.result()
+            metrics = "\t".join(f"{k}={v:f}" for k, v in values.items() if k != "loss")
+            log.info("Epoch[%d] Batch [%d]\tSpeed: %.3f samples/sec\t%s", epoch, nbatch, speed, metrics)
+            tracker.log_metrics({f"train:{k}": v for k, v in values.items()} | {
+                "learning_rate": lr, "samples_per_sec": speed}, step=run.num_update, epoch=epoch)
+            window.reset()
+            window_samples, tic = 0, time.perf_counter()
+    return epoch_acc.result()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, hp: HyperParameters, device: torch.device,
+             autocast: contextlib.AbstractContextManager, loss_fn: LossFn) -> dict[str, float]:
+    """Accuracy (and top-k, loss) over the whole validation stream, centre-cropped, no augmentation."""
+    model.eval()
+    acc = Accuracy(device, bool(hp.multi_label), hp.top_k)
+    for x, y in batches:
+        x, y = _to_device(x, y, device)
+        with autocast:
+            logits = model(x)
+        acc.update(logits, y, loss_fn(logits, y))
+    return acc.result()
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_path: Path
+    epochs_run: int
+    best_epoch: int | None
+    best_validation_accuracy: float | None
+    history: list[dict[str, float]]
+
+
+def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
+        tracker: Tracker | None = None) -> TrainResult:
+    """Train as SageMaker's image-classification algorithm would, writing everything under ``config.output_dir``."""
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    for line in hp.format_log_block():
+        log.info("%s", line)
+    data = build_data(hp, channels, config)
+    model = build_model(hp, channels, config).to(device).to(memory_format=torch.channels_last)
+    optimizer = optim.build_optimizer(hp, model)
+    autocast, use_scaler = _autocast(hp, device)
+    step = Step(model, optimizer, make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss),
+                                            data.train_source.labels, device),
+                device, autocast, torch.amp.GradScaler("cuda") if use_scaler else None)
+    ckpt = Checkpointer(out, hp)
+    run = ckpt.resume(model, optimizer, step.scaler) if config.resume else RunState()
+    tracker = tracker or FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
+    tracker.log_params(hp.to_dict())
+    epoch_steps = optim.steps_per_epoch(hp)
+    epochs_math_check(hp, len(data.train))
+    progress = config.progress if config.progress is not None else _stderr_is_tty()
+    log_every = config.log_every
+    for epoch in range(run.epochs_done, hp.epochs):
+        data.train.set_epoch(epoch)
+        tic = time.perf_counter()
+        train = train_one_epoch(step, data.train, hp, run, epoch, log_every=log_every, epoch_steps=epoch_steps,
+                                tracker=tracker, progress=progress)
+        for name, value in train.items():
+            if name != "loss":
+                log.info("Epoch[%d] Train-%s=%f", epoch, name, value)
+        elapsed = time.perf_counter() - tic
+        log.info("Epoch[%d] Time cost=%.3f", epoch, elapsed)
+        val = evaluate(model, data.validation, hp, device, autocast, step.loss_fn)
+        log.info("Epoch[%d] Validation-accuracy=%f", epoch, val["accuracy"])
+        record = {f"train:{k}": v for k, v in train.items()} | {f"validation:{k}": v for k, v in val.items()}
+        record |= {"learning_rate": optim.learning_rate_at(hp, run.num_update - 1, epoch_steps),
+                   "epoch_time": elapsed, "samples_per_sec": data.train.num_samples() / elapsed}
+        tracker.log_metrics(record, step=run.num_update, epoch=epoch)
+        run.history.append({"epoch": epoch, **record})
+        ckpt.after_epoch(run, epoch, val["accuracy"], model)
+        stop = ckpt.should_stop_early(run, epoch)
+        ckpt.save(run, model, optimizer, step.scaler)
+        if stop:
+            log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
+                     hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
+            break
+    model_path = ckpt.write_model(run, model, class_names=None)
+    tracker.close()
+    log.info("Model written to %s", model_path)
+    return TrainResult(out, model_path, run.epochs_done, run.best_epoch, run.best_accuracy, run.history)
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

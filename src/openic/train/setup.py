@@ -1,0 +1,182 @@
+"""Everything ``fit`` needs before its first step: options, device, data streams, the model.
+
+Each function checks the user's input against the data before any training work starts, so a mistake fails in
+seconds with a ``ClientError`` that names the hyperparameter, file or value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from openic.artifacts import load_model, read_model_metadata
+from openic.data.loader import BatchStream, cache_images
+from openic.data.sources import Channel, Source, open_channel
+from openic.data.transforms import Augmenter
+from openic.errors import ClientError
+from openic.hyperparams import HyperParameters, cross_check
+from openic.models import create_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Run options that are not SageMaker hyperparameters (SageMaker fixes these per instance)."""
+
+    output_dir: Path
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    cache_mb: int = 4096  # decode small data sets once into memory up to this size
+    resume: bool = True  # continue from output_dir/checkpoints when present
+    progress: bool | None = None  # progress bar; None = when stderr is a terminal
+    pretrained: Path | None = None  # ImageNet weights for use_pretrained_model=1
+    log_every: int = 20  # batches between Speedometer lines, as SageMaker
+    label_format: str = "multi-hot"  # augmented manifests: multi-hot | class-id
+    threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClientError(f"device {name!r} was asked for, but no CUDA GPU is available; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ClientError(f"device {name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
+    return device
+
+
+@dataclass
+class DataBundle:
+    train: BatchStream
+    validation: BatchStream
+    train_source: Source
+
+
+def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
+               shard: tuple[int, int] = (0, 1)) -> DataBundle:
+    """Open both channels, run the data cross-checks, and decide in-memory vs streaming per channel."""
+    for required in ("train", "validation"):
+        if required not in channels:
+            raise ClientError(f"the {required!r} channel is required (got: {', '.join(sorted(channels)) or 'none'})")
+    num_classes = hp.num_classes if hp.multi_label else None
+    sources = {name: open_channel(channels[name], label_format=config.label_format, num_classes=num_classes)
+               for name in ("train", "validation")}
+    for name, source in sources.items():
+        cross_check(hp, num_images=len(source) if name == "train" else None,
+                    label_width=source.labels.shape[1])
+        _check_label_range(hp, source, name)
+    c = hp.image_shape[0]
+    progress = _progress_enabled(config)
+    streams = {}
+    for name, source in sources.items():
+        images = cache_images(source, c, hp.resize, config.cache_mb, progress=progress)
+        if images is not None:
+            cross_check(hp, min_image_hw=(int(images.shape[2]), int(images.shape[3])))
+        train = name == "train"
+        augmenter = Augmenter(hp.augmentation_type if train else None, hp.image_shape,
+                              None if images is not None else hp.resize)
+        log.info("%s data: %d images, %s", name, len(source),
+                 "decoded once into memory" if images is not None else "streamed from disk")
+        streams[name] = BatchStream(source, augmenter, hp.mini_batch_size, train, config.seed, images=images,
+                                    workers=0 if images is not None else config.workers, shard=shard)
+    return DataBundle(streams["train"], streams["validation"], sources["train"])
+
+
+def _check_label_range(hp: HyperParameters, source: Source, channel: str) -> None:
+    labels = source.labels
+    if hp.multi_label:
+        bad = ~((labels == 0) | (labels == 1))
+        if bad.any():
+            i = int(bad.any(axis=1).argmax())
+            raise ClientError(f"{source.describe(i)}: multi_label=1 needs 0/1 multi-hot labels, got "
+                              f"{labels[i].tolist()} in the {channel} channel")
+        return
+    lab = labels[:, 0]
+    bad = (lab < 0) | (lab >= hp.num_classes) | (lab != lab.round())
+    if bad.any():
+        i = int(bad.argmax())
+        raise ClientError(f"{source.describe(i)}: label {lab[i]:g} in the {channel} channel is not a class index in "
+                          f"0..{hp.num_classes - 1} (num_classes={hp.num_classes})")
+
+
+def _progress_enabled(config: TrainConfig) -> bool:
+    import sys
+
+    return config.progress if config.progress is not None else sys.stderr.isatty()
+
+
+def build_model(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig) -> nn.Module:
+    """A fresh network, or one initialised from the ``model`` channel or ImageNet weights."""
+    model = create_model(hp.num_layers, hp.num_classes, hp.image_shape)
+    if "model" in channels:
+        _load_incremental(model, hp, channels["model"].path)
+    elif hp.use_pretrained_model:
+        _load_pretrained(model, hp, config.pretrained)
+    return model
+
+
+def _load_incremental(model: nn.Module, hp: HyperParameters, path: Path) -> None:
+    if path.is_dir():
+        found = sorted(path.glob("*.tar.gz"))
+        path = found[0] if len(found) == 1 and not (path / "model.safetensors").exists() else path
+    meta = read_model_metadata(path)
+    theirs = {k: meta.get(k) for k in ("num_layers", "image_shape", "num_classes")}
+    ours = {"num_layers": hp.num_layers, "image_shape": list(hp.image_shape), "num_classes": hp.num_classes}
+    for key, value in ours.items():
+        their = list(theirs[key]) if isinstance(theirs[key], (list, tuple)) else theirs[key]
+        if their != value:
+            raise ClientError(f"Incremental training: {key} is {value} but the model in the model channel ({path}) "
+                              f"was trained with {key}={their}; num_layers, image_shape and num_classes must match")
+    loaded = load_model(path)
+    model.load_state_dict(loaded.model.state_dict())
+    log.info("Loaded the model channel for incremental training: %s", path)
+
+
+def _load_pretrained(model: nn.Module, hp: HyperParameters, source: Path | None) -> None:
+    """Copy every matching tensor of an openic artifact / safetensors file except the classifier."""
+    if source is None:
+        raise ClientError(
+            "use_pretrained_model=1 needs ImageNet weights, and openic downloads nothing at run time: pass "
+            "--pretrained PATH (an openic model.tar.gz / model directory / .safetensors file of the same num_layers "
+            "and image channels) or set OPENIC_PRETRAINED_DIR to a folder holding resnet<num_layers>.safetensors")
+    if source.is_dir() and not (source / "model.safetensors").exists():
+        source = source / f"resnet{hp.num_layers}.safetensors"
+    if not source.exists():
+        raise FileNotFoundError(f"pretrained weights not found: {source}")
+    if source.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(source))
+    else:
+        state = load_model(source).model.state_dict()
+    own = model.state_dict()
+    skipped = [k for k in own if k.startswith("fc1.")]
+    usable = {k: v for k, v in state.items() if k in own and not k.startswith("fc1.") and v.shape == own[k].shape}
+    missing = [k for k in own if k not in usable and k not in skipped]
+    if missing:
+        raise ClientError(f"pretrained weights {source} do not fit ResNet-{hp.num_layers} with "
+                          f"{hp.image_shape[0]} channels: {len(missing)} tensors missing or of another shape, e.g. "
+                          f"{missing[0]}")
+    model.load_state_dict(usable, strict=False)
+    log.info("Using pretrained model for initializing weights and transfer learning.")
+
+
+def speedometer_every(num_batches: int, log_every: int) -> int:
+    return max(1, min(log_every, num_batches)) if num_batches else log_every
+
+
+def epochs_math_check(hp: HyperParameters, steps: int) -> None:
+    """Warn when the schedule's epochs (from num_training_samples) disagree with the data."""
+    expected = math.ceil(hp.num_training_samples / hp.mini_batch_size)
+    if expected != steps:
+        log.warning("num_training_samples=%d gives %d steps per epoch for the learning-rate schedule, but the train "
+                    "channel gives %d batches per epoch", hp.num_training_samples, expected, steps)

@@ -1,0 +1,243 @@
+"""Training engine: the CLI contract, optimizers, schedule, early stopping, checkpoints/resume, multi-label,
+incremental training, mixed precision — on small RecordIO files cut from MXNet's digits fixtures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from openic.cli import main
+from openic.hyperparams import HyperParameters
+from openic.recordio import RecordReader, RecordWriter
+from openic.train.optim import learning_rate_at, steps_per_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+pytestmark = pytest.mark.skipif(not (FIXTURES / "rec" / "digits_train.rec").is_file(), reason="fixtures absent")
+
+BASE = ["--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "10", "--mini_batch_size", "32",
+        "--learning_rate", "0.1", "--epochs", "1"]
+
+
+def _cut(src: Path, dst: Path, start: int, count: int) -> Path:
+    with RecordReader(src) as reader, RecordWriter(dst, dst.with_suffix(".idx")) as writer:
+        for i, (record, _) in enumerate(reader.scan()):
+            if start <= i < start + count:
+                writer.write(record, key=i)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("small")
+    return {"train": _cut(FIXTURES / "rec" / "digits_train.rec", d / "train.rec", 0, 96),
+            "val": _cut(FIXTURES / "rec" / "digits_val.rec", d / "val.rec", 0, 48),
+            "ml": _cut(FIXTURES / "multilabel" / "sm_multilabel.rec", d / "ml.rec", 0, 64)}
+
+
+def _train(small, out: Path, *extra: str, train: str = "train", val: str = "val", samples: str = "96") -> int:
+    return main(["train", "--train", str(small[train]), "--validation", str(small[val]), "--output-dir", str(out),
+                 "--num_training_samples", samples, *BASE, *extra])
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _epochs(out: Path) -> list[dict]:
+    return [r for r in _metrics(out) if "validation:accuracy" in r]
+
+
+@pytest.mark.slow
+def test_learns_digits_end_to_end(tmp_path, capsys):
+    """ResNet-20 on the full digits fixture: validation accuracy far above chance (0.1) in three epochs."""
+    rc = main(["train", "--train", str(FIXTURES / "rec" / "digits_train.rec"),
+               "--validation", str(FIXTURES / "rec" / "digits_val.rec"), "--output-dir", str(tmp_path),
+               "--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "10",
+               "--num_training_samples", "1437", "--mini_batch_size", "32", "--learning_rate", "0.05",
+               "--epochs", "3", "--augmentation_type", "crop", "--top_k", "2"])
+    assert rc == 0
+    logs = capsys.readouterr().out
+    assert "Epoch[2] Validation-accuracy=" in logs and "Epoch[0] Train-top_k_accuracy_2=" in logs
+    assert "Epoch[0] Batch [20]\tSpeed: " in logs
+    best = max(r["validation:accuracy"] for r in _epochs(tmp_path))
+    assert best > 0.6, best
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"model.safetensors", "model-shapes.json", "hyperparameters.json"} <= names
+
+
+def test_log_lines_and_metrics_file(tmp_path, small, capsys):
+    assert _train(small, tmp_path, "--epochs", "2", "--top_k", "3") == 0
+    out = capsys.readouterr().out
+    for line in ("---- Parameters ----", "Epoch[0] Train-accuracy=", "Epoch[0] Train-top_k_accuracy_3=",
+                 "Epoch[0] Time cost=", "Epoch[1] Validation-accuracy=",
+                 "Storing the best model with validation accuracy: "):
+        assert line in out, line
+    assert out.splitlines()[0].startswith("[") and " INFO " in out.splitlines()[0]
+    rows = _epochs(tmp_path)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for key in ("train:accuracy", "validation:accuracy", "train:loss", "learning_rate", "samples_per_sec"):
+        assert key in rows[0]
+    assert (tmp_path / "model.tar.gz").is_file() and not (tmp_path / "failure").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nag", "adam", "rmsprop"])
+def test_each_optimizer_reduces_training_loss(tmp_path, small, optimizer):
+    lr = "0.05" if optimizer in ("sgd", "nag") else "0.001"
+    assert _train(small, tmp_path, "--optimizer", optimizer, "--learning_rate", lr, "--epochs", "3") == 0
+    losses = [r["train:loss"] for r in _epochs(tmp_path)]
+    assert losses[-1] < losses[0], losses
+
+
+def test_lr_schedule_matches_mxnet_multifactor():
+    hp = HyperParameters.from_strings({"num_classes": "10", "num_training_samples": "1000", "mini_batch_size": "100",
+                                       "learning_rate": "0.1", "lr_scheduler_step": "2, 4",
+                                       "lr_scheduler_factor": "0.5"})
+    steps = steps_per_epoch(hp)
+    assert steps == 10
+    assert learning_rate_at(hp, 0, steps) == pytest.approx(0.1)
+    assert learning_rate_at(hp, 19, steps) == pytest.approx(0.1)
+    assert learning_rate_at(hp, 20, steps) == pytest.approx(0.05)
+    assert learning_rate_at(hp, 40, steps) == pytest.approx(0.025)
+
+
+def test_learning_rate_logged_per_epoch_follows_schedule(tmp_path, small):
+    assert _train(small, tmp_path, "--epochs", "3", "--lr_scheduler_step", "1,2", "--lr_scheduler_factor",
+                  "0.1") == 0
+    lrs = [r["learning_rate"] for r in _epochs(tmp_path)]
+    assert lrs == pytest.approx([0.1, 0.01, 0.001])
+
+
+def test_early_stopping_stops_when_accuracy_stalls(tmp_path, small, capsys):
+    rc = _train(small, tmp_path, "--epochs", "6", "--learning_rate", "0", "--early_stopping", "True",
+                "--early_stopping_min_epochs", "1", "--early_stopping_patience", "2")
+    assert rc == 0
+    assert len(_epochs(tmp_path)) < 6
+    assert "Early stopping" in capsys.readouterr().out
+
+
+def test_checkpoint_frequency_keeps_every_nth_epoch(tmp_path, small):
+    assert _train(small, tmp_path, "--epochs", "2", "--checkpoint_frequency", "1") == 0
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        names = tar.getnames()
+    assert "image-classification-0001.safetensors" in names and "image-classification-0002.safetensors" in names
+    assert not any(n.endswith((".pt", ".pkl", ".pth")) for n in names)
+
+
+def test_bad_hyperparameter_writes_client_error_failure(tmp_path, small, capsys):
+    rc = _train(small, tmp_path, "--num_layers", "19")
+    assert rc == 2
+    failure = (tmp_path / "failure").read_text()
+    assert failure.startswith("ClientError:") and "num_layers" in failure and "19" in failure
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_label_outside_num_classes_is_client_error(tmp_path, small):
+    rc = main(["train", "--train", str(small["train"]), "--validation", str(small["val"]), "--output-dir",
+               str(tmp_path), "--num_training_samples", "96", *BASE, "--num_classes", "5"])
+    assert rc == 2
+    assert "num_classes" in (tmp_path / "failure").read_text()
+
+
+def test_batch_larger_than_data_is_client_error(tmp_path, small):
+    assert _train(small, tmp_path, "--mini_batch_size", "500") == 2
+    assert "mini_batch_size" in (tmp_path / "failure").read_text()
+
+
+def test_missing_channel_file_is_client_error(tmp_path, small):
+    rc = main(["train", "--train", str(tmp_path / "nope.rec"), "--validation", str(small["val"]), "--output-dir",
+               str(tmp_path / "out"), "--num_training_samples", "96", *BASE])
+    assert rc == 2
+    assert "nope.rec" in (tmp_path / "out" / "failure").read_text()
+
+
+def test_multi_label_training(tmp_path, small, capsys):
+    rc = _train(small, tmp_path, "--multi_label", "1", "--use_weighted_loss", "1", "--epochs", "2",
+                train="ml", val="ml", samples="64")
+    assert rc == 0
+    rows = _epochs(tmp_path)
+    assert all(0.0 <= r["validation:accuracy"] <= 1.0 for r in rows)
+
+
+def test_multi_label_width_mismatch(tmp_path, small):
+    rc = _train(small, tmp_path, "--multi_label", "1", "--num_classes", "7", train="ml", val="ml", samples="64")
+    assert rc == 2
+    assert "Mismatch between number of labels" in (tmp_path / "failure").read_text()
+
+
+def test_incremental_training_and_mismatch(tmp_path, small, capsys):
+    first = tmp_path / "first"
+    assert _train(small, first) == 0
+    second = tmp_path / "second"
+    assert _train(small, second, "--model", str(first / "model.tar.gz")) == 0
+    assert "incremental" in capsys.readouterr().out.lower()
+    third = tmp_path / "third"
+    assert _train(small, third, "--model", str(first / "model.tar.gz"), "--num_layers", "32") == 2
+    text = (third / "failure").read_text()
+    assert text.startswith("ClientError:") and "num_layers" in text
+
+
+def test_float16_precision_runs_bf16_on_cpu(tmp_path, small):
+    assert _train(small, tmp_path, "--precision_dtype", "float16") == 0
+    assert _epochs(tmp_path)[0]["train:loss"] > 0
+
+
+def test_pretrained_without_weights_says_how_to_supply_them(tmp_path, small, monkeypatch):
+    monkeypatch.delenv("OPENIC_PRETRAINED_DIR", raising=False)
+    rc = main(["train", "--train", str(small["train"]), "--validation", str(small["val"]), "--output-dir",
+               str(tmp_path), "--num_training_samples", "96", *BASE, "--num_layers", "18",
+               "--use_pretrained_model", "1"])
+    assert rc == 2
+    assert "--pretrained" in (tmp_path / "failure").read_text()
+
+
+def test_pretrained_weights_from_earlier_model(tmp_path, small):
+    base = tmp_path / "base"
+    assert _train(small, base, "--num_layers", "18", "--num_classes", "10") == 0
+    tuned = tmp_path / "tuned"
+    assert _train(small, tuned, "--num_layers", "18", "--use_pretrained_model", "1", "--pretrained",
+                  str(base / "model.tar.gz")) == 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_loses_no_epoch(tmp_path, small):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "openic", "train", "--train", str(small["train"]), "--validation",
+           str(small["val"]), "--output-dir", str(out), "--num_training_samples", "96", *BASE, "--epochs", "3",
+           "--mini_batch_size", "4"]  # 24 batches per epoch, so "Batch [20]" is logged mid-epoch
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if "Epoch[1] Batch [" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoints" / "last").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Resuming from" in done.stdout and "1 epochs already done" in done.stdout
+    assert [r["epoch"] for r in _epochs(out)] == [0, 1, 2]
+
+
+def test_resume_refuses_other_hyperparameters(tmp_path, small):
+    assert _train(small, tmp_path, "--epochs", "1") == 0
+    assert _train(small, tmp_path, "--epochs", "1", "--learning_rate", "0.2") == 2
+    assert "other hyperparameters" in (tmp_path / "failure").read_text()
+
+
+def test_saved_model_predicts_like_trained_model(tmp_path, small):
+    from openic.artifacts import load_model
+
+    assert _train(small, tmp_path) == 0
+    loaded = load_model(tmp_path / "model.tar.gz")
+    x = torch.randint(0, 256, (2, 3, 28, 28)).float()
+    assert loaded.model(x).shape == (2, 10)
