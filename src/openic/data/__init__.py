@@ -1,0 +1,1 @@
+"""Data input: RecordIO / .lst datasets, MXNet-compatible augmentation, loaders."""
