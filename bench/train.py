@@ -128,25 +128,27 @@ def run_openic(
     ], wall
 
 
-def report(name: str, mx_rows: list, mx_wall: float, oi_rows: list, oi_wall: float) -> None:
+def report(name: str, runs: dict[str, tuple[list, float]]) -> None:
+    """One row per epoch, one column group per run; ratios are against the first run (MXNet)."""
     print(f"\n== {name} ==")
-    print(
-        f"{'epoch':>5} | {'MXNet val acc':>13} {'samples/s':>9} {'s/epoch':>7} | "
-        f"{'openic val acc':>14} {'samples/s':>9} {'s/epoch':>7} | speed ratio"
-    )
-    for m, o in zip(mx_rows, oi_rows):
-        print(
-            f"{m['epoch']:>5} | {m['validation_accuracy']:>13.4f} {m['samples_per_sec']:>9.1f} "
-            f"{m['epoch_time']:>7.2f} | {o['validation_accuracy']:>14.4f} {o['samples_per_sec']:>9.1f} "
-            f"{o['epoch_time']:>7.2f} | {o['samples_per_sec'] / m['samples_per_sec']:>5.2f}x"
-        )
-    mx_best = max(r["validation_accuracy"] for r in mx_rows)
-    oi_best = max(r["validation_accuracy"] for r in oi_rows)
-    print(f"best val acc: MXNet {mx_best:.4f}, openic {oi_best:.4f} (diff {oi_best - mx_best:+.4f})")
-    print(
-        f"wall time (process start to end): MXNet {mx_wall:.1f} s, openic {oi_wall:.1f} s, "
-        f"openic/MXNet = {oi_wall / mx_wall:.2f}"
-    )
+    labels = list(runs)
+    print("epoch | " + " | ".join(f"{lab:>28}" for lab in labels))
+    print("      | " + " | ".join(f"{'val acc':>8} {'img/s':>7} {'s/epoch':>7} {'x':>3}" for _ in labels))
+    ref_rows = runs[labels[0]][0]
+    for i, ref in enumerate(ref_rows):
+        cells = []
+        for lab in labels:
+            row = runs[lab][0][i]
+            speed = row["samples_per_sec"] / ref["samples_per_sec"]
+            cells.append(f"{row['validation_accuracy']:>8.4f} {row['samples_per_sec']:>7.1f} "
+                         f"{row['epoch_time']:>7.2f} {speed:>3.2f}")
+        print(f"{i:>5} | " + " | ".join(cells))
+    ref_best, ref_wall = max(r["validation_accuracy"] for r in ref_rows), runs[labels[0]][1]
+    for lab in labels:
+        rows, wall = runs[lab]
+        best = max(r["validation_accuracy"] for r in rows)
+        print(f"{lab:>28}: best val acc {best:.4f} (vs {labels[0]} {best - ref_best:+.4f}), final "
+              f"{rows[-1]['validation_accuracy']:.4f}, wall {wall:.1f} s (x{ref_wall / wall:.2f} speed-up)")
 
 
 def main() -> None:
@@ -158,7 +160,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--train")
     p.add_argument("--validation")
-    p.add_argument("--openic-args", default="", help="extra flags for openic train, e.g. '--precision_dtype float16'")
+    p.add_argument("--openic-args", default="", help="extra flags for every openic run")
+    p.add_argument("--no-float16", action="store_true", help="skip the extra openic run with precision_dtype=float16")
     args = p.parse_args()
     python = ensure_mxnet_venv()
     train, val, n = _data(args)
@@ -168,9 +171,12 @@ def main() -> None:
     )
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
-        mx_rows, mx_wall = run_mxnet(python, cfg, args, train, val, n)
-        oi_rows, oi_wall = run_openic(cfg, args, train, val, n, args.openic_args.split())
-        report(f"{name}: ResNet-{cfg['num_layers']}, lr {cfg['lr']}", mx_rows, mx_wall, oi_rows, oi_wall)
+        runs = {"MXNet 1.9.1 float32": run_mxnet(python, cfg, args, train, val, n),
+                "openic float32": run_openic(cfg, args, train, val, n, args.openic_args.split())}
+        if not args.no_float16:
+            runs["openic float16 (bf16 on CPU)"] = run_openic(
+                cfg, args, train, val, n, [*args.openic_args.split(), "--precision_dtype", "float16"])
+        report(f"{name}: ResNet-{cfg['num_layers']}, lr {cfg['lr']}", runs)
 
 
 if __name__ == "__main__":

@@ -370,3 +370,19 @@ def test_progress_bar_goes_to_stderr(tmp_path, capsys):
     pack_lst(lst, tmp_path, tmp_path / "out", PackOptions(progress=True))
     captured = capsys.readouterr()
     assert "set.lst" in captured.err and "2/2" in captured.err and captured.out == ""
+
+
+def test_exif_rotated_photo_is_packed_upright_like_cv2_imread(tmp_path):
+    """MXNet's im2rec reads with cv2.imread, which applies EXIF orientation; pass-through keeps the bytes."""
+    root = tmp_path / "img"
+    root.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(root / "a.jpg", exif=exif.tobytes())
+    lst = tmp_path / "x.lst"
+    write_lst(lst, [LstEntry(0, (0.0,), "a.jpg")])
+    pack_lst(lst, root, tmp_path / "x", PackOptions())
+    from openic.images import decode_image
+
+    (_, _, payload), = _records(tmp_path / "x.rec")
+    assert decode_image(payload).shape == (64, 40, 3)

@@ -241,3 +241,21 @@ def test_saved_model_predicts_like_trained_model(tmp_path, small):
     loaded = load_model(tmp_path / "model.tar.gz")
     x = torch.randint(0, 256, (2, 3, 28, 28)).float()
     assert loaded.model(x).shape == (2, 10)
+
+
+def test_recalibrate_batchnorm_uses_current_weights_statistics():
+    from openic.models import create_model
+    from openic.train.loop import recalibrate_batchnorm
+
+    model = create_model(20, 10, (3, 28, 28))
+    x = torch.rand(16, 3, 28, 28) * 255
+    recalibrate_batchnorm(model, [x], torch.autocast("cpu", enabled=False))
+    # one batch, cumulative average: the input BatchNorm's running mean is exactly that batch's channel mean
+    assert torch.allclose(model.bn_data.running_mean, x.mean((0, 2, 3)), rtol=1e-5)
+    assert model.bn_data.momentum == pytest.approx(0.1)
+    model.eval()
+    with torch.no_grad():
+        eval_out = model(x)
+        model.train()
+        train_out = model(x)
+    assert torch.allclose(eval_out, train_out, atol=1e-2, rtol=1e-3)

@@ -47,7 +47,14 @@ import numpy as np
 from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
-from openic.images import decode_image, encode_image, image_format, resize_shorter
+from openic.images import (
+    apply_exif_orientation,
+    decode_image,
+    encode_image,
+    exif_orientation,
+    image_format,
+    resize_shorter,
+)
 from openic.lst import LstEntry, read_lst_with_lines, resolve_image_path, write_lst
 from openic.recordio import IRHeader, RecordWriter, pack
 
@@ -387,6 +394,8 @@ def _encode(job: _Job, options: PackOptions) -> bytes | Skip:
         img = decode_image(data, channels=3 if options.color == 1 else 1)
     except DataError as e:
         return Skip(job.source, os.fspath(job.path), f"cannot decode the image ({e})")
+    # MXNet's im2rec reads files with cv2.imread, which turns EXIF-rotated photos upright before packing
+    img = apply_exif_orientation(img, exif_orientation(data))
     img = _transform(img, options)
     return pack(job.header, encode_image(img, options.encoding, options.quality))
 

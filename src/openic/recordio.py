@@ -179,9 +179,13 @@ class RecordReader:
             mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
         )
         self.idx_path = Path(idx_path) if idx_path is not None else default_idx_path(self.path)
-        if idx_path is not None and not self.idx_path.is_file():
-            raise FileNotFoundError(f"index file not found: {self.idx_path}")
-        self.index: dict[int | str, int] | None = read_index(self.idx_path) if self.idx_path.is_file() else None
+        try:
+            if idx_path is not None and not self.idx_path.is_file():
+                raise FileNotFoundError(f"index file not found: {self.idx_path}")
+            self.index: dict[int | str, int] | None = read_index(self.idx_path) if self.idx_path.is_file() else None
+        except BaseException:
+            self.close()
+            raise
 
     # -- context manager / pickling (DataLoader workers re-open the file instead of copying the map)
     def __enter__(self) -> RecordReader:

@@ -61,6 +61,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                      help="ImageNet weights for use_pretrained_model=1 (file or folder; env OPENIC_PRETRAINED_DIR)")
     run.add_argument("--label-format", default="multi-hot", choices=("multi-hot", "class-id"),
                      help="label format of augmented manifests (SageMaker's content-type parameter)")
+    run.add_argument("--precise-bn-batches", type=int, default=2, metavar="N",
+                     help="re-estimate BatchNorm statistics from each epoch's last N training batches before "
+                          "validation (default 2; 0 keeps MXNet's running averages only)")
     run.add_argument("--no-resume", dest="resume", action="store_false",
                      help="ignore checkpoints in --output-dir and start over")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -113,7 +116,7 @@ def _train(raw: dict[str, str], args: argparse.Namespace) -> int:
         channels["model"] = Channel("model", args.model)
     options = {"output_dir": args.output_dir, "seed": args.seed, "device": args.device, "resume": args.resume,
                "progress": args.progress, "pretrained": args.pretrained, "label_format": args.label_format,
-               "threads": args.threads}
+               "threads": args.threads, "precise_bn_batches": args.precise_bn_batches}
     if args.workers is not None:
         options["workers"] = args.workers
     result = fit(hp, channels, TrainConfig(**options))
@@ -133,7 +136,8 @@ def run_demo(args: argparse.Namespace) -> int:
     hp = DEMO_HYPERPARAMETERS | {"epochs": str(args.epochs)}
     ns = argparse.Namespace(train=info.train_rec, validation=info.val_rec, train_lst=None, validation_lst=None,
                             model=None, output_dir=out, seed=args.seed, device="auto", resume=False, progress=None,
-                            pretrained=None, label_format="multi-hot", threads=None, workers=None)
+                            pretrained=None, label_format="multi-hot", threads=None, workers=None,
+                            precise_bn_batches=2)
     status = _train(hp, ns)
     try:
         from openic.tracking.charts import plot_run

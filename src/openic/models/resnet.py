@@ -57,10 +57,13 @@ class FixedGammaBatchNorm2d(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        momentum = self.momentum
         if self.training:
             self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative average, as nn.BatchNorm2d does (used by precise-BN re-estimation)
+                momentum = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(
-            x, self.running_mean, self.running_var, None, self.bias, self.training, self.momentum, self.eps
+            x, self.running_mean, self.running_var, None, self.bias, self.training, momentum or 0.0, self.eps
         )
 
 

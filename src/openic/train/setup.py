@@ -41,6 +41,7 @@ class TrainConfig:
     log_every: int = 20  # batches between Speedometer lines, as SageMaker
     label_format: str = "multi-hot"  # augmented manifests: multi-hot | class-id
     threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)
+    precise_bn_batches: int = 2  # re-estimate BatchNorm statistics from the epoch's last N batches (0 = off)
 
 
 def pick_device(name: str) -> torch.device:
@@ -59,6 +60,7 @@ class DataBundle:
     train: BatchStream
     validation: BatchStream
     train_source: Source
+    world_size: int = 1
 
 
 def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
@@ -88,7 +90,7 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
                  "decoded once into memory" if images is not None else "streamed from disk")
         streams[name] = BatchStream(source, augmenter, hp.mini_batch_size, train, config.seed, images=images,
                                     workers=0 if images is not None else config.workers, shard=shard)
-    return DataBundle(streams["train"], streams["validation"], sources["train"])
+    return DataBundle(streams["train"], streams["validation"], sources["train"], world_size=shard[1])
 
 
 def _check_label_range(hp: HyperParameters, source: Source, channel: str) -> None:
@@ -168,10 +170,6 @@ def _load_pretrained(model: nn.Module, hp: HyperParameters, source: Path | None)
                           f"{missing[0]}")
     model.load_state_dict(usable, strict=False)
     log.info("Using pretrained model for initializing weights and transfer learning.")
-
-
-def speedometer_every(num_batches: int, log_every: int) -> int:
-    return max(1, min(log_every, num_batches)) if num_batches else log_every
 
 
 def epochs_math_check(hp: HyperParameters, steps: int) -> None:
