@@ -259,3 +259,86 @@ def test_recalibrate_batchnorm_uses_current_weights_statistics():
         model.train()
         train_out = model(x)
     assert torch.allclose(eval_out, train_out, atol=1e-2, rtol=1e-3)
+
+
+def _image_folder(root: Path, n: int, sizes=((36, 40), (40, 36))) -> list[tuple[str, int]]:
+    """Tiny PNGs of two shapes in class folders; returns (relative path, label) pairs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        label = i % 2
+        h, w = sizes[i % len(sizes)]
+        arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8) + (180 if label else 0)  # classes differ in brightness
+        rel = f"c{label}/{i}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr.astype(np.uint8)).save(root / rel)
+        items.append((rel, label))
+    return items
+
+
+LST_HP = ["--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "2", "--mini_batch_size", "8",
+          "--learning_rate", "0.05", "--resize", "32", "--augmentation_type", "crop_color_transform"]
+
+
+def test_lst_channels_with_mixed_sizes_stream_through_workers(tmp_path, capsys):
+    from openic.lst import LstEntry, write_lst
+
+    root = tmp_path / "images"
+    items = _image_folder(root, 24)
+    write_lst(tmp_path / "train.lst", [LstEntry(i, (float(lab),), rel) for i, (rel, lab) in enumerate(items)])
+    write_lst(tmp_path / "val.lst", [LstEntry(i, (float(lab),), rel) for i, (rel, lab) in enumerate(items[:8])])
+    out = tmp_path / "out"
+    rc = main(["train", "--train", str(root), "--validation", str(root), "--train-lst", str(tmp_path / "train.lst"),
+               "--validation-lst", str(tmp_path / "val.lst"), "--output-dir", str(out), "--workers", "1",
+               "--num_training_samples", "24", "--epochs", "2", *LST_HP])
+    assert rc == 0, (out / "failure").read_text() if (out / "failure").exists() else ""
+    logs = capsys.readouterr().out
+    assert "streamed from disk" in logs
+    assert len(_epochs(out)) == 2
+
+
+def test_lst_with_missing_image_names_file_and_line(tmp_path):
+    from openic.lst import LstEntry, write_lst
+
+    root = tmp_path / "images"
+    items = _image_folder(root, 8, sizes=((32, 32),))
+    entries = [LstEntry(i, (float(lab),), rel) for i, (rel, lab) in enumerate(items)]
+    write_lst(root / "train.lst", [*entries, LstEntry(99, (0.0,), "c0/missing.png")])
+    out = tmp_path / "out"
+    rc = main(["train", "--train", str(root / "train.lst"), "--validation", str(root / "train.lst"),
+               "--output-dir", str(out), "--num_training_samples", "9", *LST_HP])
+    assert rc == 2
+    text = (out / "failure").read_text()
+    assert "missing.png" in text and "train.lst:9" in text
+
+
+def test_augmented_manifest_channel(tmp_path):
+    root = tmp_path / "images"
+    items = _image_folder(root, 16, sizes=((32, 32),))
+    manifest = tmp_path / "train.manifest"
+    manifest.write_text("".join(json.dumps({"source-ref": f"images/{rel}", "class": str(lab),
+                                            "class-metadata": {"class-name": f"c{lab}"}}) + "\n"
+                                for rel, lab in items))
+    out = tmp_path / "out"
+    rc = main(["train", "--train", str(manifest), "--validation", str(manifest), "--output-dir", str(out),
+               "--num_training_samples", "16", "--epochs", "1", *LST_HP])
+    assert rc == 0, (out / "failure").read_text() if (out / "failure").exists() else ""
+
+
+def test_class_names_from_im2rec_sidecar_go_into_the_model(tmp_path, small):
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(small["train"], data / "digits_train.rec")
+    shutil.copy(small["val"], data / "digits_val.rec")
+    (data / "digits_classes.txt").write_text("".join(f"digit{i}\n" for i in range(10)))
+    out = tmp_path / "out"
+    assert main(["train", "--train", str(data / "digits_train.rec"), "--validation", str(data / "digits_val.rec"),
+                 "--output-dir", str(out), "--num_training_samples", "96", *BASE]) == 0
+    from openic.artifacts import load_model
+
+    assert load_model(out / "model.tar.gz").class_names == [f"digit{i}" for i in range(10)]

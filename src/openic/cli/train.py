@@ -57,6 +57,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     run.add_argument("--workers", type=int, default=None, help="decoding processes for streamed data")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--cache-mb", type=int, default=4096, metavar="MB",
+                     help="decode data sets up to this size once into memory (default 4096; 0 = always stream)")
     run.add_argument("--pretrained", type=Path, default=os.environ.get("OPENIC_PRETRAINED_DIR"),
                      help="ImageNet weights for use_pretrained_model=1 (file or folder; env OPENIC_PRETRAINED_DIR)")
     run.add_argument("--label-format", default="multi-hot", choices=("multi-hot", "class-id"),
@@ -116,7 +118,8 @@ def _train(raw: dict[str, str], args: argparse.Namespace) -> int:
         channels["model"] = Channel("model", args.model)
     options = {"output_dir": args.output_dir, "seed": args.seed, "device": args.device, "resume": args.resume,
                "progress": args.progress, "pretrained": args.pretrained, "label_format": args.label_format,
-               "threads": args.threads, "precise_bn_batches": args.precise_bn_batches}
+               "threads": args.threads, "precise_bn_batches": args.precise_bn_batches,
+               "cache_mb": args.cache_mb}
     if args.workers is not None:
         options["workers"] = args.workers
     result = fit(hp, channels, TrainConfig(**options))
@@ -137,7 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(train=info.train_rec, validation=info.val_rec, train_lst=None, validation_lst=None,
                             model=None, output_dir=out, seed=args.seed, device="auto", resume=False, progress=None,
                             pretrained=None, label_format="multi-hot", threads=None, workers=None,
-                            precise_bn_batches=2)
+                            precise_bn_batches=2, cache_mb=4096)
     status = _train(hp, ns)
     try:
         from openic.tracking.charts import plot_run

@@ -39,7 +39,9 @@ def decode_one(source: Source, i: int, channels: int) -> torch.Tensor:
         array = decode_image(source.read(i), channels=channels)
     except DataError as e:
         raise DataError(f"{source.describe(i)}: {e}") from None
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, order="C")
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int = DEFAULT_CACHE_MB,

@@ -124,7 +124,10 @@ def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
     for lst in lst_files:
         for lineno, entry in read_lst_with_lines(lst):
             source = f"{lst}:{lineno}"
-            files.append(resolve_image_path(root, entry.path, source=source))
+            path = resolve_image_path(root, entry.path, source=source)
+            if not path.is_file():  # fail before training starts, as SageMaker's .lst → RecordIO step does
+                raise FileNotFoundError(f"{source}: image not found: {path} (paths are relative to {root})")
+            files.append(path)
             labels.append(tuple(entry.labels))
             origins.append(source)
     return FileListSource(files, _label_matrix(labels, origins), origins)
@@ -184,3 +187,38 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
         return _manifest_source(manifests[0], label_format, num_classes)
     raise ClientError(f"Unable to start training. No .rec, .lst or manifest file in the {name} channel ({path}); "
                       f"image folders need a .lst file (pass --{name}-lst or run `openic im2rec --list`)")
+
+
+_SPLIT_SUFFIXES = ("_train", "_val", "_validation", "_test")
+
+
+def find_class_names(channel: Channel, num_classes: int) -> list[str] | None:
+    """Class names from the ``PREFIX_classes.txt`` sidecar that im2rec and ``openic datasets`` write, if any.
+
+    For ``X_train.rec`` (or ``X_train.lst``) this is ``X_classes.txt`` beside it; for a folder, its only
+    ``*_classes.txt``. A file whose line count is not ``num_classes`` is ignored with a warning.
+    """
+    from openic.im2rec import CLASSES_SUFFIX, read_classes
+
+    candidates: list[Path] = []
+    for path in (channel.lst, channel.path):
+        if path is None:
+            continue
+        if path.is_file():
+            stem = path.stem
+            for suffix in _SPLIT_SUFFIXES:
+                if stem.endswith(suffix):
+                    candidates.append(path.with_name(stem[: -len(suffix)] + CLASSES_SUFFIX))
+            candidates.append(path.with_name(stem + CLASSES_SUFFIX))
+        elif path.is_dir():
+            found = sorted(path.glob("*" + CLASSES_SUFFIX))
+            if len(found) == 1:
+                candidates.append(found[0])
+    for candidate in candidates:
+        if candidate.is_file():
+            names = read_classes(candidate)
+            if len(names) == num_classes:
+                log.info("Class names from %s", candidate)
+                return names
+            log.warning("Ignoring %s: it names %d classes, num_classes is %d", candidate, len(names), num_classes)
+    return None

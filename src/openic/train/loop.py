@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openic.data.sources import Channel
+from openic.data.sources import Channel, find_class_names
 from openic.data.transforms import to_float_input
 from openic.hyperparams import HyperParameters
 from openic.tracking import FileTracker, Tracker
@@ -208,7 +208,7 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
             log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
                      hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
             break
-    model_path = ckpt.write_model(run, model, class_names=None)
+    model_path = ckpt.write_model(run, model, class_names=find_class_names(channels["train"], hp.num_classes))
     tracker.close()
     log.info("Model written to %s", model_path)
     return TrainResult(out, model_path, run.epochs_done, run.best_epoch, run.best_accuracy, run.history)
