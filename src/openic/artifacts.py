@@ -200,7 +200,8 @@ def _parse_metadata(source: str, names: list[str], data: Mapping[str, bytes]) ->
     if METADATA not in data:
         if MXNET_SYMBOL in names:
             raise ClientError(f"{source}: this is a SageMaker/MXNet model ({MXNET_SYMBOL}, .params), not an openic "
-                              f"artifact ({METADATA} + {WEIGHTS}); importing SageMaker/MXNet artifacts is not supported yet")
+                              f"artifact ({METADATA} + {WEIGHTS}); importing SageMaker/MXNet artifacts is not "
+                              f"supported yet")
         raise ClientError(f"{source}: {METADATA} is missing (found: {', '.join(names) or 'no files'})")
     try:
         meta = json.loads(data[METADATA])

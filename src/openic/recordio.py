@@ -224,7 +224,9 @@ class RecordReader:
         try:
             return self.read_at(index[key])
         except DataError as e:
-            raise DataError(f"{self.idx_path}: key {key!r} → offset {index[key]} does not point at a record: {e}") from None
+            raise DataError(
+                f"{self.idx_path}: key {key!r} → offset {index[key]} does not point at a record: {e}"
+            ) from None
 
     def keys(self) -> list[int | str]:
         return list(self._require_index())

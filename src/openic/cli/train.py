@@ -14,8 +14,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from openic.errors import ClientError
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
+from openic.errors import ClientError
 from openic.hyperparams import load_hyperparameters_file
 
 log = logging.getLogger("openic.train")

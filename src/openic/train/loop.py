@@ -22,7 +22,7 @@ from openic.data.transforms import to_float_input
 from openic.hyperparams import HyperParameters
 from openic.tracking import FileTracker, Tracker
 from openic.train import optim
-from openic.train.checkpoint import RunState, Checkpointer
+from openic.train.checkpoint import Checkpointer, RunState
 from openic.train.metrics import Accuracy, LossFn, make_loss
 from openic.train.setup import TrainConfig, build_data, build_model, epochs_math_check, pick_device
 
@@ -127,7 +127,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor],
             with autocast:
                 model(x)
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
 

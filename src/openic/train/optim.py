@@ -19,6 +19,7 @@ from torch import nn
 
 from openic.hyperparams import HyperParameters
 
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
