@@ -7,7 +7,9 @@ Two paths, chosen per channel and logged:
 - **streaming** (large or mixed-size data): a ``DataLoader`` whose workers read, decode, resize and crop each
   image; the photometric part of the augmentation then runs per batch.
 Batches stay uint8 until they reach the device, where ``to_float_input`` converts them (raw 0..255 pixels: the
-network's first layer is a BatchNorm). Training batches wrap around to stay full, as MXNet's ``round_batch`` does.
+network's first layer is a BatchNorm). An epoch's last training batch is smaller when the data does not divide
+evenly: MXNet's ``round_batch`` fills it by borrowing the next epoch's first images instead, which costs the same
+work per image; openic keeps epochs self-contained so a resumed run sees exactly the same batches.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class BatchStream:
     seed: int
     images: torch.Tensor | None = None  # the in-memory path when set
     workers: int = 0
+    prefetch: bool = False  # build in-memory batches in a background thread (pays off when a GPU trains)
     shard: tuple[int, int] = (0, 1)  # (rank, world size): each rank takes every world-th sample
 
     def __post_init__(self) -> None:
@@ -131,9 +134,8 @@ class BatchStream:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
         rank, world = self.shard
         order = order[rank::world]
-        if self.train:  # wrap around so every batch is full (MXNet round_batch); also keeps BatchNorm happy
-            short = -len(order) % self.batch_size
-            order = torch.cat([order, order[:short]]) if short else order
+        if self.train and len(order) % self.batch_size == 1:  # BatchNorm needs 2+ images in a training batch
+            order = torch.cat([order, order[:1]])
         return order
 
     def __len__(self) -> int:
@@ -145,7 +147,8 @@ class BatchStream:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
         if self.images is not None:
-            return _prefetch(self._cached_batches(order))
+            batches = self._cached_batches(order)
+            return _prefetch(batches) if self.prefetch else batches
         return self._streamed_batches(order)
 
     def _cached_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

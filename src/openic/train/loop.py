@@ -166,7 +166,8 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     torch.manual_seed(config.seed)
     for line in hp.format_log_block():
         log.info("%s", line)
-    data = build_data(hp, channels, config)
+    # on a CPU the model and the batch builder share the same cores: a background thread would only contend
+    data = build_data(hp, channels, config, prefetch=device.type == "cuda")
     model = build_model(hp, channels, config).to(device).to(memory_format=torch.channels_last)
     optimizer = optim.build_optimizer(hp, model)
     autocast, use_scaler = _autocast(hp, device)

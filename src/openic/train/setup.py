@@ -64,7 +64,7 @@ class DataBundle:
 
 
 def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
-               shard: tuple[int, int] = (0, 1)) -> DataBundle:
+               shard: tuple[int, int] = (0, 1), prefetch: bool = False) -> DataBundle:
     """Open both channels, run the data cross-checks, and decide in-memory vs streaming per channel."""
     for required in ("train", "validation"):
         if required not in channels:
@@ -89,7 +89,8 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
         log.info("%s data: %d images, %s", name, len(source),
                  "decoded once into memory" if images is not None else "streamed from disk")
         streams[name] = BatchStream(source, augmenter, hp.mini_batch_size, train, config.seed, images=images,
-                                    workers=0 if images is not None else config.workers, shard=shard)
+                                    workers=0 if images is not None else config.workers, shard=shard,
+                                    prefetch=prefetch)
     return DataBundle(streams["train"], streams["validation"], sources["train"], world_size=shard[1])
 
 
