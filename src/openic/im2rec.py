@@ -356,24 +356,34 @@ def _check_skips(lst: Path, total: int, skipped: list[Skip], skip_bad: bool) -> 
         )
 
 
+def _encode_chunk(chunk: list[_Job], options: PackOptions) -> list[bytes | Skip]:
+    return [_encode(job, options) for job in chunk]
+
+
 def _results(jobs: list[_Job], options: PackOptions) -> Iterator[tuple[_Job, bytes | Skip]]:
-    """Encoded records (or skips) in list order; ``num_thread > 1`` encodes ahead in a bounded thread window."""
+    """Encoded records (or skips) in list order; ``num_thread > 1`` encodes ahead in a bounded thread window.
+
+    Work goes to the threads in chunks: one small image takes well under a millisecond, so handing images over
+    one by one would cost more in thread hand-offs than the threads gain.
+    """
     if options.num_thread == 1:
         for job in jobs:
             yield job, _encode(job, options)
         return
-    window = 4 * options.num_thread  # enough to keep the threads busy without holding the whole data set
-    pending: deque[tuple[_Job, Future[bytes | Skip]]] = deque()
+    size = 32
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    window = 2 * options.num_thread  # enough to keep the threads busy without holding the whole data set
+    pending: deque[tuple[list[_Job], Future[list[bytes | Skip]]]] = deque()
     with ThreadPoolExecutor(options.num_thread, thread_name_prefix="im2rec") as pool:
         try:
-            for job in jobs:
-                pending.append((job, pool.submit(_encode, job, options)))
+            for chunk in chunks:
+                pending.append((chunk, pool.submit(_encode_chunk, chunk, options)))
                 if len(pending) >= window:
                     done, fut = pending.popleft()
-                    yield done, fut.result()
+                    yield from zip(done, fut.result(), strict=True)
             while pending:
                 done, fut = pending.popleft()
-                yield done, fut.result()
+                yield from zip(done, fut.result(), strict=True)
         finally:
             for _, fut in pending:
                 fut.cancel()
