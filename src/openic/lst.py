@@ -34,6 +34,20 @@ class LstEntry(NamedTuple):
     path: str
 
 
+def parse_number(value: object, where: str, what: str, context: str = "") -> float:
+    """A finite label value from text or a JSON number; errors say where and what (shared with manifests)."""
+    said = f"{where}: {what} {value!r}{context}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DataError(f"{said} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{said} is not a number") from None
+    if not math.isfinite(number):
+        raise DataError(f"{said} is not a finite number")
+    return number
+
+
 def _parse_line(fields: list[str], where: str) -> LstEntry:
     if len(fields) < 3:
         raise DataError(
@@ -47,13 +61,7 @@ def _parse_line(fields: list[str], where: str) -> LstEntry:
         raise DataError(f"{where}: index {index} does not fit the record header's uint64 id (max {_MAX_INDEX})")
     labels: list[float] = []
     for col, text in enumerate(label_texts, 2):
-        try:
-            value = float(text)
-        except ValueError:
-            raise DataError(f"{where}: label {text!r} in column {col} is not a number") from None
-        if not math.isfinite(value):
-            raise DataError(f"{where}: label {text!r} in column {col} is not a finite number")
-        labels.append(value)
+        labels.append(parse_number(text, where, "label", f" in column {col}"))
     if not path:
         raise DataError(f"{where}: the image path (last field) is empty")
     return LstEntry(index, tuple(labels), path)

@@ -19,11 +19,11 @@ No torch, no numpy.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, NamedTuple
 
 from openic.errors import ClientError, DataError
+from openic.lst import parse_number
 
 LABEL_FORMATS = ("multi-hot", "class-id")
 SOURCE_REF = "source-ref"
@@ -71,18 +71,6 @@ def _detect_attribute(obj: dict[str, Any], where: str) -> str:
     )
 
 
-def _number(value: Any, where: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(f"{where}: {what} {value!r} is not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise DataError(f"{where}: {what} {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise DataError(f"{where}: {what} {value!r} is not a finite number")
-    return number
-
-
 def _as_list(value: Any, where: str, attr: str) -> list[Any] | None:
     """The label as a list if it is one (or a JSON array string), else ``None`` for a scalar."""
     if isinstance(value, list):
@@ -99,7 +87,7 @@ def _as_list(value: Any, where: str, attr: str) -> list[Any] | None:
 
 
 def _class_id(value: Any, where: str, num_classes: int) -> int:
-    number = _number(value, where, "class id")
+    number = parse_number(value, where, "class id")
     if number != int(number) or not 0 <= number < num_classes:
         raise DataError(f"{where}: class id {value!r} is not an integer in 0..{num_classes - 1} (num_classes)")
     return int(number)
@@ -112,11 +100,11 @@ def _parse_label(value: Any, fmt: str, num_classes: int | None, where: str, attr
         ids = [_class_id(v, where, num_classes) for v in (items if items is not None else [value])]
         return tuple(1.0 if c in ids else 0.0 for c in range(num_classes))
     if items is None:
-        label = _number(value, where, f"label {attr!r} =")
+        label = parse_number(value, where, f"label {attr!r} =")
         if num_classes is not None and not (label == int(label) and 0 <= label < num_classes):
             raise DataError(f"{where}: label {value!r} is not a class id in 0..{num_classes - 1} (num_classes)")
         return (label,)
-    labels = tuple(_number(v, where, "multi-hot entry") for v in items)
+    labels = tuple(parse_number(v, where, "multi-hot entry") for v in items)
     if any(v not in (0.0, 1.0) for v in labels):
         raise DataError(
             f"{where}: multi-hot label {value!r} has entries other than 0 and 1; class ids need "
