@@ -342,3 +342,22 @@ def test_class_names_from_im2rec_sidecar_go_into_the_model(tmp_path, small):
     from openic.artifacts import load_model
 
     assert load_model(out / "model.tar.gz").class_names == [f"digit{i}" for i in range(10)]
+
+
+def test_misspelt_hyperparameter_flag_suggests_the_name(tmp_path, small):
+    """No argparse abbreviation: `--mini_batch_siz` is rejected with SageMaker's name suggested."""
+    assert _train(small, tmp_path, "--mini_batch_siz", "8") == 2
+    text = (tmp_path / "failure").read_text()
+    assert text.startswith("ClientError:") and "mini_batch_siz" in text and "Did you mean 'mini_batch_size'" in text
+
+
+def test_hyperparameters_file_with_sagemaker_strings(tmp_path, small):
+    hp = tmp_path / "hyperparameters.json"
+    hp.write_text(json.dumps({"num_layers": "20", "image_shape": "3,28,28", "num_classes": "10",
+                              "num_training_samples": "96", "mini_batch_size": "32", "epochs": "1",
+                              "learning_rate": "0.1", "early_stopping": "False", "model_prefix": ""}))
+    out = tmp_path / "out"
+    rc = main(["train", "--train", str(small["train"]), "--validation", str(small["val"]), "--output-dir", str(out),
+               "--hyperparameters", str(hp), "--epochs", "2"])
+    assert rc == 0
+    assert len(_epochs(out)) == 2  # the flag overrides the file

@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra_hyperparameters", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # `train` checks these as hyperparameter names, to suggest the closest valid one
     try:
         return int(args.func(args) or 0)
     except (ClientError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:

@@ -30,7 +30,8 @@ DEMO_HYPERPARAMETERS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (SageMaker image-classification hyperparameters)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)  # `--mini_batch_siz` must be an error, not `--mini_batch_size`
     channels = p.add_argument_group("channels (SageMaker's train, validation, train_lst, validation_lst, model)")
     channels.add_argument("--train", type=Path, required=True, help=".rec file, image folder, .lst or manifest")
     channels.add_argument("--validation", type=Path, required=True, help="same kinds as --train")
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_run_options(p)
     p.add_argument("--hyperparameters", type=Path, help="JSON object of hyperparameters (SageMaker's file)")
     add_cli_arguments(p)
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, takes_extra_hyperparameters=True)
 
     d = sub.add_parser("demo", help="build the digits data set and train on it with the workshop's settings")
     d.add_argument("--dir", type=Path, default=Path("demo-output"), help="where data and the model go")
@@ -72,6 +73,25 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                      help="progress bar (default: when stderr is a terminal)")
 
 
+def _extra_pairs(tokens: list[str]) -> dict[str, str]:
+    """``--name value`` / ``--name=value`` pairs argparse did not know: passed on so that the schema rejects the
+    name with the closest valid one suggested (``mini_batch_siz`` → ``mini_batch_size``)."""
+    pairs: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ClientError(f"unexpected argument {token!r}; hyperparameters are given as --NAME VALUE")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ClientError(f"{token} needs a value (--NAME VALUE)")
+            value, i = tokens[i + 1], i + 1
+        pairs[name] = value
+        i += 1
+    return pairs
+
+
 def _write_failure(out_dir: Path, text: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "failure.partial"
@@ -89,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
         failure.unlink()
     try:
         raw = load_hyperparameters_file(args.hyperparameters) if args.hyperparameters else {}
-        raw |= from_cli_namespace(args)
+        raw |= from_cli_namespace(args) | _extra_pairs(getattr(args, "extra", []))
         return _train(raw, args)
     except (ClientError, FileNotFoundError) as e:
         _write_failure(out_dir, f"ClientError: {e}")
