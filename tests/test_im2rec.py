@@ -194,7 +194,7 @@ def test_train_plus_test_exactly_one_writes_no_val(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"train_ratio": 1.0, "test_ratio": 0.2}, "exceeds 1"),
+        ({"train_ratio": 0.9, "test_ratio": 0.2}, "exceeds 1"),
         ({"train_ratio": 1.5}, r"must be in \[0, 1\]"),
         ({"chunks": 0}, "chunks must be a positive int"),
         ({"exts": ("jpg",)}, "must start with a dot"),
@@ -351,7 +351,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, main):
     assert "openic im2rec: error: " in err and "Traceback" not in err
     assert main(["im2rec", "--quiet", "--skip-bad", str(tmp_path / "set"), str(root)]) == 0
     assert "set.rec: 2 records, skipped 2" in capsys.readouterr().out
-    assert main(["im2rec", "--list", "--train-ratio", "1", "--test-ratio", "0.5", str(tmp_path / "x"), str(root)]) == 2
+    assert main(["im2rec", "--list", "--train-ratio", "0.8", "--test-ratio", "0.5", str(tmp_path / "x"), str(root)]) == 2
 
 
 def test_cli_shuffle_spellings(tmp_path, main):
@@ -386,3 +386,16 @@ def test_exif_rotated_photo_is_packed_upright_like_cv2_imread(tmp_path):
 
     (_, _, payload), = _records(tmp_path / "x.rec")
     assert decode_image(payload).shape == (64, 40, 3)
+
+
+def test_train_ratio_1_ignores_test_ratio_like_mxnet(tmp_path):
+    _tree(tmp_path / "imgs", {"a": 3})
+    res = make_list(tmp_path / "p", tmp_path / "imgs", ListOptions(recursive=True, test_ratio=0.3))
+    assert [p.name for p in res.lst_paths] == ["p.lst"]
+    assert len(read_lst(res.lst_paths[0])) == 3
+
+
+def test_exts_compare_with_lowercased_suffix_like_mxnet(tmp_path):
+    _tree(tmp_path / "imgs", {"a": 2})
+    with pytest.raises(ClientError, match="no images"):
+        make_list(tmp_path / "p", tmp_path / "imgs", ListOptions(recursive=True, exts=(".JPG",)))

@@ -335,3 +335,27 @@ def test_unpack_rejects_short_and_overlong_headers():
         unpack(b"x" * 23)
     with pytest.raises(DataError, match="says 2 labels follow"):
         unpack(struct.pack("<IfQQ", 2, 0.0, 1, 0) + b"\0" * 4)
+
+
+def test_truncated_inside_padding_is_an_error(tmp_path):
+    """MXNet's reader rejects a file that ends inside a record's zero padding; so does openic."""
+    from openic.recordio import RecordWriter
+
+    with RecordWriter(tmp_path / "a.rec") as w:
+        w.write(b"12345")  # 5 bytes + 3 padding
+    data = (tmp_path / "a.rec").read_bytes()
+    (tmp_path / "a.rec").write_bytes(data[:-1])
+    with RecordReader(tmp_path / "a.rec") as r, pytest.raises(DataError, match="padding"):
+        list(r.scan())
+
+
+def test_idx_that_is_not_text_is_a_data_error(tmp_path):
+    from openic.recordio import RecordWriter
+
+    with RecordWriter(tmp_path / "a.rec") as w:
+        w.write(b"1234")
+    (tmp_path / "a.idx").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(DataError, match="not a text .idx"):
+        RecordReader(tmp_path / "a.rec")
+    with RecordReader(tmp_path / "a.rec", use_index=False) as r:  # a scan needs no index
+        assert list(r) == [b"1234"]

@@ -361,3 +361,24 @@ def test_hyperparameters_file_with_sagemaker_strings(tmp_path, small):
                "--hyperparameters", str(hp), "--epochs", "2"])
     assert rc == 0
     assert len(_epochs(out)) == 2  # the flag overrides the file
+
+
+def test_manifest_absolute_or_escaping_paths_are_refused(tmp_path):
+    root = tmp_path / "images"
+    items = _image_folder(root, 4, sizes=((32, 32),))
+    for ref in (str(root / items[0][0]), f"file://{root / items[0][0]}", "../elsewhere.png"):
+        manifest = tmp_path / "m" / "train.manifest"
+        manifest.parent.mkdir(exist_ok=True)
+        manifest.write_text("\n" + json.dumps({"source-ref": ref, "class": "0"}) + "\n")
+        out = tmp_path / "out"
+        rc = main(["train", "--train", str(manifest), "--validation", str(manifest), "--output-dir", str(out),
+                   "--num_training_samples", "1", *LST_HP, "--mini_batch_size", "1"])
+        assert rc == 2
+        assert "train.manifest:2" in (out / "failure").read_text(), ref
+
+
+def test_cli_os_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["datasets", "digits", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "openic datasets: error:" in err and "Traceback" not in err

@@ -14,7 +14,8 @@ come first; without it only ``root``'s files are listed, label 0. The list is sh
 unless ``shuffle=False`` (same permutation as MXNet), then cut ``[test | train | val]`` per chunk with MXNet's
 arithmetic into ``PREFIX[_<chunk>][_train|_val|_test].lst``, labels written ``%f``. With ``recursive`` the
 class names (folder paths relative to ``root``; ``.`` is ``root``) also go to ``PREFIX_classes.txt``, line i
-naming label i. Extensions match case-insensitively; a symlink back to an ancestor folder is not followed.
+naming label i. A file's extension is lowercased before it is compared with ``exts`` (as MXNet does, so
+``--exts .JPG`` matches nothing); a symlink back to an ancestor folder is not followed.
 
 Packing, as MXNet: record id and ``.idx`` key = the ``.lst`` index, records in ``.lst`` order at any
 ``num_thread``; decode (RGB, or luma with ``color=0``), centre square crop, shorter side → ``resize``
@@ -85,10 +86,9 @@ class ListOptions:
             raise ClientError(f"chunks must be a positive int, got {self.chunks}")
         if not 0.0 <= self.train_ratio <= 1.0 or not 0.0 <= self.test_ratio <= 1.0:
             raise ClientError(f"train_ratio {self.train_ratio} and test_ratio {self.test_ratio} must be in [0, 1]")
-        if self.train_ratio + self.test_ratio > 1.0:
+        if self.train_ratio + self.test_ratio > 1.0 and self.train_ratio != 1.0:
             raise ClientError(
-                f"train_ratio + test_ratio = {self.train_ratio + self.test_ratio} exceeds 1 (MXNet would silently "
-                f"ignore test_ratio when train_ratio is 1)"
+                f"train_ratio + test_ratio = {self.train_ratio + self.test_ratio} exceeds 1; lower one of them"
             )
 
 
@@ -163,7 +163,7 @@ def list_images(
     root_s = os.fspath(root)
     if not os.path.isdir(root_s):
         raise FileNotFoundError(f"image root {root_s!r} is not a folder")
-    wanted = {e.lower() for e in exts}
+    wanted = set(exts)  # MXNet lowercases the file's suffix but not --exts: `.JPG` matches nothing there either
     found: list[tuple[str, int]] = []
     classes: dict[str, int] = {}
     for folder, files in _walk(root_s, recursive):
@@ -210,7 +210,10 @@ def _split(entries: list[LstEntry], options: ListOptions, prefix: str) -> list[t
         base = f"{prefix}_{i}" if options.chunks > 1 else prefix
         sep = int(chunk_size * options.train_ratio)
         sep_test = int(chunk_size * options.test_ratio)
-        if options.train_ratio == 1.0:
+        if options.train_ratio == 1.0:  # MXNet ignores test_ratio then, and so do we (with a warning)
+            if options.test_ratio:
+                log.warning("test_ratio %g is ignored because train_ratio is 1, as MXNet's im2rec does",
+                            options.test_ratio)
             out.append((f"{base}.lst", chunk))
             continue
         if options.test_ratio:
@@ -228,8 +231,8 @@ def make_list(
     prefix_s = os.path.abspath(prefix)
     entries, classes = list_images(root, recursive=options.recursive, exts=options.exts)
     if not entries:
-        where = "under" if options.recursive else "directly in (use --recursive for sub-folders)"
-        raise ClientError(f"no images with extensions {' '.join(options.exts)} {where} {root}")
+        where = f"under {root}" if options.recursive else f"directly in {root} (use --recursive for sub-folders)"
+        raise ClientError(f"no images with extensions {' '.join(options.exts)} {where}")
     if options.shuffle:
         random.Random(_SHUFFLE_SEED).shuffle(entries)
     written = []
@@ -322,6 +325,8 @@ def pack_lst(
             nothing is written then. Also when no image at all could be packed.
     """
     lst = Path(lst_path)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"image root folder not found: {root} (the paths in {lst} are relative to it)")
     rec_path, idx_path = Path(f"{out_prefix}.rec"), Path(f"{out_prefix}.idx")
     jobs = _jobs(lst, root, options.pack_label)
     log.info("Creating %s from %s (%d images)", rec_path, lst, len(jobs))

@@ -130,6 +130,9 @@ def format_lst_line(entry: LstEntry) -> str:
 
 def write_lst(path: str | os.PathLike[str], entries: Iterable[LstEntry]) -> None:
     """Write entries exactly as MXNet's ``im2rec --list`` does; atomically (temp file, then ``os.replace``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {os.fspath(path)}: folder {folder} does not exist")
     tmp = f"{os.fspath(path)}.partial"
     try:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:

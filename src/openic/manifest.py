@@ -125,7 +125,20 @@ def read_manifest(
     label_format: str = "multi-hot",
     num_classes: int | None = None,
 ) -> list[ManifestEntry]:
-    """Read an augmented manifest into ``(source_ref, labels)`` entries in file order.
+    """Read an augmented manifest into ``(source_ref, labels)`` entries in file order (see
+    :func:`read_manifest_with_lines`, which also gives each entry's line number)."""
+    return [entry for _, entry in read_manifest_with_lines(path, label_attribute, label_format=label_format,
+                                                           num_classes=num_classes)]
+
+
+def read_manifest_with_lines(
+    path: str | os.PathLike[str],
+    label_attribute: str | None = None,
+    *,
+    label_format: str = "multi-hot",
+    num_classes: int | None = None,
+) -> list[tuple[int, ManifestEntry]]:
+    """Read an augmented manifest into ``(line number, (source_ref, labels))`` pairs in file order.
 
     Args:
         path: the JSON-lines manifest; blank lines are ignored.
@@ -145,6 +158,7 @@ def read_manifest(
     if label_format == "class-id" and (num_classes is None or num_classes < 1):
         raise ClientError(f"label-format=class-id needs num_classes (a positive int), got {num_classes!r}")
     entries: list[ManifestEntry] = []
+    lines: list[int] = []
     attr = label_attribute
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -162,11 +176,12 @@ def read_manifest(
                         f"every line needs the same number"
                     )
                 entries.append(entry)
+                lines.append(lineno)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
     if not entries:
         raise DataError(f"{path}: the manifest has no entries (expected one JSON object per line)")
-    return entries
+    return list(zip(lines, entries, strict=True))
 
 
 def _load_object(line: str, where: str) -> dict[str, Any]:

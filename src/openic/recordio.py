@@ -112,12 +112,15 @@ def _read_record(buf: bytes | mmap.mmap, pos: int, end: int, name: str) -> tuple
         chunks.append(buf[body : body + length])
         parts += 1
         pos = body + length + (-length % 4)
+        if pos > end:
+            raise DataError(f"{name}: truncated record at offset {start}: the file ends inside the padding after "
+                            f"the part at {body - 8} (expected {pos - end} more bytes)")
         if cflag in (0, 3):
             break
         if pos >= end:
             raise DataError(f"{name}: the split record at offset {start} does not close: file ends after {parts} parts")
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return bytes(data), RecordSpan(start, parts, min(pos, end) - start)
+    return bytes(data), RecordSpan(start, parts, pos - start)
 
 
 # --------------------------------------------------------------------------- index files
@@ -126,23 +129,28 @@ def _read_record(buf: bytes | mmap.mmap, pos: int, end: int, name: str) -> tuple
 def read_index(idx_path: str | os.PathLike[str]) -> dict[int | str, int]:
     """Parse an ``.idx`` file into ``{key: offset}`` in file order; keys are ints when they look like ints."""
     index: dict[int | str, int] = {}
-    with open(idx_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise DataError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {line!r}")
-            key_text, off_text = fields
-            try:
-                offset = int(off_text)
-            except ValueError:
-                raise DataError(f"{idx_path}:{lineno}: offset {off_text!r} is not an integer") from None
-            if offset < 0:
-                raise DataError(f"{idx_path}:{lineno}: offset {offset} is negative")
-            key: int | str = int(key_text) if key_text.lstrip("-").isdigit() else key_text
-            index[key] = offset
+    try:
+        with open(idx_path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{idx_path}: not a text .idx file (not UTF-8 at byte {e.start}); expected "
+                        f"'key<TAB>offset' lines") from None
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {line!r}")
+        key_text, off_text = fields
+        try:
+            offset = int(off_text)
+        except ValueError:
+            raise DataError(f"{idx_path}:{lineno}: offset {off_text!r} is not an integer") from None
+        if offset < 0:
+            raise DataError(f"{idx_path}:{lineno}: offset {offset} is negative")
+        key: int | str = int(key_text) if key_text.lstrip("-").isdigit() else key_text
+        index[key] = offset
     return index
 
 
@@ -169,7 +177,8 @@ class RecordReader:
     sibling ``.idx``; keys then come from it. ``build_index()`` scans the file when there is none.
     """
 
-    def __init__(self, path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None, *,
+                 use_index: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"RecordIO file not found: {self.path}")
@@ -182,7 +191,8 @@ class RecordReader:
         try:
             if idx_path is not None and not self.idx_path.is_file():
                 raise FileNotFoundError(f"index file not found: {self.idx_path}")
-            self.index: dict[int | str, int] | None = read_index(self.idx_path) if self.idx_path.is_file() else None
+            wanted = use_index and self.idx_path.is_file()
+            self.index: dict[int | str, int] | None = read_index(self.idx_path) if wanted else None
         except BaseException:
             self.close()
             raise
@@ -201,10 +211,11 @@ class RecordReader:
         self._file.close()
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path, "idx_path": self.idx_path if self.index is not None else None}
+        return {"path": self.path, "idx_path": self.idx_path if self.index is not None else None,
+                "use_index": self.index is not None}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["path"], state["idx_path"])  # type: ignore[misc, arg-type]
+        self.__init__(state["path"], state["idx_path"], use_index=state["use_index"])  # type: ignore[misc, arg-type]
 
     # -- access
     def read_at(self, offset: int) -> bytes:
@@ -309,9 +320,13 @@ class RecordWriter:
         if self._idx is not None:
             self._idx.close()
         if self.atomic:
-            os.replace(self._rec_tmp, self.path)
-            if self.idx_path is not None and self._idx_tmp is not None:
-                os.replace(self._idx_tmp, self.idx_path)
+            try:
+                os.replace(self._rec_tmp, self.path)
+                if self.idx_path is not None and self._idx_tmp is not None:
+                    os.replace(self._idx_tmp, self.idx_path)
+            except OSError:
+                self.abort()
+                raise
 
     def abort(self) -> None:
         """Close and delete the partial output."""

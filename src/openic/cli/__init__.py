@@ -37,11 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra  # `train` checks these as hyperparameter names, to suggest the closest valid one
     try:
         return int(args.func(args) or 0)
-    except (ClientError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+    except BrokenPipeError:  # `openic rec inspect x.rec | head` is normal use
+        return 0
+    except (ClientError, OSError) as e:  # bad input, or a file the user named that cannot be read or written
         print(f"openic {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"openic {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `openic rec inspect x.rec | head` is normal use
-        return 0

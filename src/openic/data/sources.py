@@ -18,7 +18,7 @@ import numpy as np
 
 from openic.errors import ClientError, DataError
 from openic.lst import read_lst_with_lines, resolve_image_path
-from openic.manifest import read_manifest
+from openic.manifest import read_manifest_with_lines
 from openic.recordio import RecordReader, unpack
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class RecordSource:
         self.locations: list[tuple[int, int]] = []  # (file number, offset)
         labels: list[tuple[float, ...]] = []
         for fno, path in enumerate(self.paths):
-            with RecordReader(path) as reader:
+            with RecordReader(path, use_index=False) as reader:
                 if reader.size == 0:
                     raise ClientError(f"Unable to start training. Empty .rec file: {path}")
                 for record, span in reader.scan():
@@ -49,7 +49,7 @@ class RecordSource:
 
     def _reader(self, fno: int) -> RecordReader:
         if self._readers is None:
-            self._readers = [RecordReader(p) for p in self.paths]
+            self._readers = [RecordReader(p, use_index=False) for p in self.paths]
         return self._readers[fno]
 
     def read(self, i: int) -> bytes:
@@ -125,8 +125,7 @@ def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
         for lineno, entry in read_lst_with_lines(lst):
             source = f"{lst}:{lineno}"
             path = resolve_image_path(root, entry.path, source=source)
-            if not path.is_file():  # fail before training starts, as SageMaker's .lst → RecordIO step does
-                raise FileNotFoundError(f"{source}: image not found: {path} (paths are relative to {root})")
+            _require_file(path, source, root)
             files.append(path)
             labels.append(tuple(entry.labels))
             origins.append(source)
@@ -134,21 +133,27 @@ def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
 
 
 def _manifest_source(manifest: Path, label_format: str, num_classes: int | None) -> FileListSource:
-    entries = read_manifest(manifest, label_format=label_format, num_classes=num_classes)
+    """Images named by ``source-ref`` (relative to the manifest's folder, or ``file://`` relative URIs)."""
+    entries = read_manifest_with_lines(manifest, label_format=label_format, num_classes=num_classes)
     files, labels, origins = [], [], []
-    for number, entry in enumerate(entries, 1):
-        source = f"{manifest} (entry {number})"
-        ref = entry.source_ref
-        if ref.startswith("file://"):
-            ref = ref[len("file://") :]
+    for lineno, entry in entries:
+        source = f"{manifest}:{lineno}"
+        ref = entry.source_ref.removeprefix("file://")
         if "://" in ref:
-            raise ClientError(f"{source}: source-ref {entry.source_ref!r} is not a local file; only local paths and "
-                              f"file:// URIs are supported for manifests")
-        path = Path(ref)
-        files.append(path if path.is_absolute() else resolve_image_path(manifest.parent, ref, source=source))
+            raise ClientError(f"{source}: source-ref {entry.source_ref!r} is not a local file; openic reads "
+                              f"manifests whose source-ref is a path relative to the manifest's folder")
+        path = resolve_image_path(manifest.parent, ref, source=source)
+        _require_file(path, source, manifest.parent)
+        files.append(path)
         labels.append(tuple(entry.labels))
         origins.append(source)
     return FileListSource(files, _label_matrix(labels, origins), origins)
+
+
+def _require_file(path: Path, source: str, root: Path) -> None:
+    """Fail before training starts, as SageMaker's conversion of images to RecordIO does."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: image not found: {path} (paths are relative to {root})")
 
 
 def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_classes: int | None = None) -> Source:
