@@ -351,7 +351,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, main):
     assert "openic im2rec: error: " in err and "Traceback" not in err
     assert main(["im2rec", "--quiet", "--skip-bad", str(tmp_path / "set"), str(root)]) == 0
     assert "set.rec: 2 records, skipped 2" in capsys.readouterr().out
-    assert main(["im2rec", "--list", "--train-ratio", "0.8", "--test-ratio", "0.5", str(tmp_path / "x"), str(root)]) == 2
+    argv = ["im2rec", "--list", "--train-ratio", "0.8", "--test-ratio", "0.5", str(tmp_path / "x"), str(root)]
+    assert main(argv) == 2
 
 
 def test_cli_shuffle_spellings(tmp_path, main):
