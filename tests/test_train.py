@@ -382,3 +382,62 @@ def test_cli_os_errors_are_one_line(tmp_path, capsys):
     assert main(["datasets", "digits", str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err
     assert "openic datasets: error:" in err and "Traceback" not in err
+
+
+def test_streamed_bad_record_is_one_clean_client_error(tmp_path, small):
+    bad = tmp_path / "bad.rec"
+    from openic.recordio import IRHeader, pack
+
+    with RecordReader(small["train"]) as reader, RecordWriter(bad, bad.with_suffix(".idx")) as writer:
+        for i, (record, _) in enumerate(reader.scan()):
+            writer.write(pack(IRHeader(0, 1.0, i, 0), b"not an image") if i == 5 else record, key=i)
+    out = tmp_path / "out"
+    rc = main(["train", "--train", str(bad), "--validation", str(small["val"]), "--output-dir", str(out),
+               "--num_training_samples", "96", *BASE, "--cache-mb", "0", "--workers", "1"])
+    assert rc == 2
+    text = (out / "failure").read_text()
+    assert text.startswith("ClientError:") and "bad.rec (record 5" in text and "Traceback" not in text
+
+
+def test_rerun_after_early_stop_has_nothing_to_do(tmp_path, small, capsys):
+    args = ("--epochs", "6", "--learning_rate", "0", "--early_stopping", "True", "--early_stopping_min_epochs", "1",
+            "--early_stopping_patience", "1")
+    assert _train(small, tmp_path, *args) == 0
+    first = len(_epochs(tmp_path))
+    capsys.readouterr()
+    assert _train(small, tmp_path, *args) == 0
+    assert "Nothing left to train" in capsys.readouterr().out
+    assert len(_epochs(tmp_path)) == first
+
+
+def test_model_problems_are_reported_before_decoding_data(tmp_path, small, capsys, monkeypatch):
+    monkeypatch.delenv("OPENIC_PRETRAINED_DIR", raising=False)
+    assert _train(small, tmp_path, "--num_layers", "18", "--use_pretrained_model", "1") == 2
+    assert "decoded once into memory" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [["--device", "tpu"], ["--workers", "-1"], ["--threads", "0"],
+                                  ["--precise-bn-batches", "-1"]])
+def test_bad_run_options_are_client_errors(tmp_path, small, flag):
+    assert _train(small, tmp_path, *flag) == 2
+    assert (tmp_path / "failure").read_text().startswith("ClientError:")
+
+
+def test_streamed_image_smaller_than_crop_names_the_file(tmp_path):
+    from PIL import Image
+
+    from openic.lst import LstEntry, write_lst
+
+    root = tmp_path / "images"
+    items = _image_folder(root, 8, sizes=((36, 40), (40, 36)))
+    Image.new("RGB", (40, 20)).save(root / "small.png")
+    write_lst(root / "train.lst", [*(LstEntry(i, (float(lab),), rel) for i, (rel, lab) in enumerate(items)),
+                                   LstEntry(8, (0.0,), "small.png")])
+    out = tmp_path / "out"
+    hp = [a for a in LST_HP]
+    hp[hp.index("--resize"):hp.index("--resize") + 2] = []
+    rc = main(["train", "--train", str(root / "train.lst"), "--validation", str(root / "train.lst"),
+               "--output-dir", str(out), "--num_training_samples", "9", "--workers", "1", "--epochs", "1", *hp])
+    assert rc == 2
+    text = (out / "failure").read_text()
+    assert "small.png" in text and "Traceback" not in text

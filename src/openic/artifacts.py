@@ -156,7 +156,7 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: i
     members: dict[str, Callable[[], bytes]] = {
         WEIGHTS: functools.partial(_weights_bytes, unwrap_model(model).state_dict()),
         SHAPES: lambda: json.dumps([{"name": "data", "shape": [1, c, h, w]}]).encode(),
-        HYPERPARAMS: functools.partial(_json_bytes, hp.to_dict()),
+        HYPERPARAMS: functools.partial(_json_bytes, hp.to_strings()),
         METADATA: functools.partial(_json_bytes, metadata),
     }
     if class_names is not None:

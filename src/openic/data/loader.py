@@ -20,14 +20,15 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from openic.data.sources import Source
 from openic.data.transforms import Augmenter, resize_shorter
-from openic.errors import DataError
+from openic.errors import ClientError, DataError
 from openic.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,25 @@ def decode_one(source: Source, i: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
+@dataclass
+class Cached:
+    """A data set decoded into memory, and its smallest original image size (for the size check)."""
+
+    images: torch.Tensor  # [N, C, h, w] uint8, after ``resize``
+    min_hw: tuple[int, int]  # smallest height and width before ``resize``
+
+
 def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int = DEFAULT_CACHE_MB,
-                 progress: bool = False) -> torch.Tensor | None:
+                 progress: bool = False) -> Cached | None:
     """Decode every image into one ``[N, C, h, w]`` tensor, or ``None`` if sizes differ or it would not fit."""
     first = decode_one(source, 0, channels)
+    min_h, min_w = first.shape[1:]
     if resize is not None:
         first = resize_shorter(first[None], resize)[0]
     n = len(source)
     need_mb = n * first.numel() / 2**20
     if need_mb > limit_mb:
-        log.info("Streaming images from disk: %.0f MB decoded exceeds the %d MB in-memory limit (OPENIC_CACHE_MB)",
+        log.info("Streaming images from disk: %.0f MB decoded exceeds the %d MB in-memory limit (--cache-mb)",
                  need_mb, limit_mb)
         return None
     out = torch.empty((n, *first.shape), dtype=torch.uint8)
@@ -64,9 +74,10 @@ def cache_images(source: Source, channels: int, resize: int | None, limit_mb: in
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="decoding", unit="img", leave=False)
+        indices = tqdm(indices, desc="decoding", unit="img", leave=False, initial=1, total=n)
     for i in indices:
         img = decode_one(source, i, channels)
+        min_h, min_w = min(min_h, img.shape[1]), min(min_w, img.shape[2])
         if resize is not None:
             img = resize_shorter(img[None], resize)[0]
         if img.shape != first.shape:
@@ -74,7 +85,21 @@ def cache_images(source: Source, channels: int, resize: int | None, limit_mb: in
                      source.describe(i), tuple(img.shape), tuple(first.shape))
             return None
         out[i] = img
-    return out
+    return Cached(out, (int(min_h), int(min_w)))
+
+
+class _Failure(NamedTuple):
+    """An error inside a DataLoader worker, carried back as data so the user sees one clean line."""
+
+    not_found: bool
+    message: str
+
+
+def _collate(items: list) -> object:
+    for item in items:
+        if isinstance(item, _Failure):
+            return item
+    return default_collate(items)
 
 
 class _StreamDataset(Dataset):
@@ -87,13 +112,19 @@ class _StreamDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = decode_one(self.source, i, self.channels)[None]
-        if self.train:
-            gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
-            img = self.augmenter.train_geometry(img, gen)
-        else:
-            img = self.augmenter.eval_batch(img)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | _Failure:
+        try:
+            img = decode_one(self.source, i, self.channels)[None]
+        except (ClientError, OSError) as e:  # already names the file and record
+            return _Failure(isinstance(e, FileNotFoundError), str(e))
+        try:
+            if self.train:
+                gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+                img = self.augmenter.train_geometry(img, gen)
+            else:
+                img = self.augmenter.eval_batch(img)
+        except ClientError as e:
+            return _Failure(False, f"{self.source.describe(i)}: {e}")
         return img[0], torch.from_numpy(self.source.labels[i])
 
 
@@ -163,10 +194,13 @@ class BatchStream:
     def _streamed_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         assert self._stream is not None
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
-        loader = DataLoader(self._stream, batch_sampler=batches, num_workers=self.workers,
+        loader = DataLoader(self._stream, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        for x, y in loader:
+        for batch in loader:
+            if isinstance(batch, _Failure):
+                raise (FileNotFoundError if batch.not_found else DataError)(batch.message)
+            x, y = batch
             yield (self.augmenter.train_photometric(x, gen) if self.train else x), y
 
 

@@ -38,6 +38,7 @@ class RunState:
     best_epoch: int | None = None
     epochs_without_improvement: int = 0
     saved_epochs: list[int] = field(default_factory=list)
+    stopped_early: bool = False  # a resumed run has nothing left to do
     history: list[dict[str, float]] = field(default_factory=list)
 
 

@@ -155,39 +155,59 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def _log_configuration(hp: HyperParameters) -> None:
+    """The start-up block SageMaker's container prints: the three configuration dicts, then the parameters."""
+    defaults = {spec.name: spec.default for spec in HyperParameters.specs() if not spec.required}
+    log.info("Default configuration: %s", defaults)
+    log.info("Provided configuration (values that differ from the defaults): %s", hp.changed())
+    log.info("Final configuration: %s", hp.to_dict())
+    log.info("use_pretrained_model: %d", hp.use_pretrained_model)
+    log.info("multi_label: %d", hp.multi_label)
+    if hp.multi_label and hp.top_k:
+        log.warning("top_k=%d is not reported with multi_label=1 (top-k accuracy needs a single label)", hp.top_k)
+    for line in hp.format_log_block():
+        log.info("%s", line)
+
+
 def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
         tracker: Tracker | None = None) -> TrainResult:
-    """Train as SageMaker's image-classification algorithm would, writing everything under ``config.output_dir``."""
+    """Train as SageMaker's image-classification algorithm would, writing everything under ``config.output_dir``.
+
+    Order: everything that can fail cheaply (device, model channel, pretrained weights, checkpoint of another run)
+    is checked before the data sets are decoded.
+    """
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    for line in hp.format_log_block():
-        log.info("%s", line)
-    # on a CPU the model and the batch builder share the same cores: a background thread would only contend
-    data = build_data(hp, channels, config, prefetch=device.type == "cuda")
+    _log_configuration(hp)
     model = build_model(hp, channels, config).to(device).to(memory_format=torch.channels_last)
     optimizer = optim.build_optimizer(hp, model)
     autocast, use_scaler = _autocast(hp, device)
-    step = Step(model, optimizer, make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss),
-                                            data.train_source.labels, device),
-                device, autocast, torch.amp.GradScaler("cuda") if use_scaler else None)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     ckpt = Checkpointer(out, hp)
-    run = ckpt.resume(model, optimizer, step.scaler) if config.resume else RunState()
+    run = ckpt.resume(model, optimizer, scaler) if config.resume else RunState()
+    class_names = find_class_names(channels["train"], hp.num_classes)
+    if run.stopped_early or run.epochs_done >= hp.epochs:
+        log.info("Nothing left to train: the checkpoint in %s is of a finished run", out)
+        return _finish(ckpt, run, model, class_names, tracker)
     tracker = tracker or FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
     tracker.log_params(hp.to_dict())
-    epoch_steps = optim.steps_per_epoch(hp)
+    # on a CPU the model and the batch builder share the same cores: a background thread would only contend
+    data = build_data(hp, channels, config, prefetch=device.type == "cuda")
+    loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
+    step = Step(model, optimizer, loss_fn, device, autocast, scaler)
     epochs_math_check(hp, len(data.train))
     progress = config.progress if config.progress is not None else _stderr_is_tty()
-    log_every = config.log_every
     recent: deque = deque(maxlen=config.precise_bn_batches)
     for epoch in range(run.epochs_done, hp.epochs):
         data.train.set_epoch(epoch)
         tic = time.perf_counter()
-        train = train_one_epoch(step, data.train, hp, run, epoch, log_every=log_every, epoch_steps=epoch_steps,
-                                tracker=tracker, progress=progress, keep=recent if recent.maxlen else None)
+        train = train_one_epoch(step, data.train, hp, run, epoch, log_every=config.log_every,
+                                epoch_steps=optim.steps_per_epoch(hp), tracker=tracker, progress=progress,
+                                keep=recent if recent.maxlen else None)
         recalibrate_batchnorm(model, list(recent), autocast)
         recent.clear()
         for name, value in train.items():
@@ -195,24 +215,30 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
                 log.info("Epoch[%d] Train-%s=%f", epoch, name, value)
         elapsed = time.perf_counter() - tic
         log.info("Epoch[%d] Time cost=%.3f", epoch, elapsed)
-        val = evaluate(model, data.validation, hp, device, autocast, step.loss_fn)
+        val = evaluate(model, data.validation, hp, device, autocast, loss_fn)
         log.info("Epoch[%d] Validation-accuracy=%f", epoch, val["accuracy"])
         record = {f"train:{k}": v for k, v in train.items()} | {f"validation:{k}": v for k, v in val.items()}
-        record |= {"learning_rate": optim.learning_rate_at(hp, run.num_update - 1, epoch_steps),
+        record |= {"learning_rate": optim.learning_rate_at(hp, run.num_update - 1, optim.steps_per_epoch(hp)),
                    "epoch_time": elapsed, "samples_per_sec": len(data.train_source) / data.world_size / elapsed}
         tracker.log_metrics(record, step=run.num_update, epoch=epoch)
         run.history.append({"epoch": epoch, **record})
         ckpt.after_epoch(run, epoch, val["accuracy"], model)
-        stop = ckpt.should_stop_early(run, epoch)
-        ckpt.save(run, model, optimizer, step.scaler)
-        if stop:
+        run.stopped_early = ckpt.should_stop_early(run, epoch)
+        ckpt.save(run, model, optimizer, scaler)
+        if run.stopped_early:
             log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
                      hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
             break
-    model_path = ckpt.write_model(run, model, class_names=find_class_names(channels["train"], hp.num_classes))
-    tracker.close()
+    return _finish(ckpt, run, model, class_names, tracker)
+
+
+def _finish(ckpt: Checkpointer, run: RunState, model: nn.Module, class_names: list[str] | None,
+            tracker: Tracker | None) -> TrainResult:
+    model_path = ckpt.write_model(run, model, class_names=class_names)
+    if tracker is not None:
+        tracker.close()
     log.info("Model written to %s", model_path)
-    return TrainResult(out, model_path, run.epochs_done, run.best_epoch, run.best_accuracy, run.history)
+    return TrainResult(ckpt.out, model_path, run.epochs_done, run.best_epoch, run.best_accuracy, run.history)
 
 
 def _stderr_is_tty() -> bool:

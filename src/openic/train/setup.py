@@ -43,11 +43,22 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)
     precise_bn_batches: int = 2  # re-estimate BatchNorm statistics from the epoch's last N batches (0 = off)
 
+    def __post_init__(self) -> None:
+        for name, low in (("workers", 0), ("cache_mb", 0), ("precise_bn_batches", 0), ("log_every", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ClientError(f"--{name.replace('_', '-')} {value!r} is not valid: expected an integer >= {low}")
+        if self.threads is not None and self.threads < 1:
+            raise ClientError(f"--threads {self.threads} is not valid: expected a positive integer")
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ClientError(f"device {name!r} is not valid; valid: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ClientError(f"device {name!r} was asked for, but no CUDA GPU is available; use --device cpu or auto")
     if device.type not in ("cpu", "cuda"):
@@ -80,9 +91,10 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
     progress = _progress_enabled(config)
     streams = {}
     for name, source in sources.items():
-        images = cache_images(source, c, hp.resize, config.cache_mb, progress=progress)
-        if images is not None:
-            cross_check(hp, min_image_hw=(int(images.shape[2]), int(images.shape[3])))
+        cached = cache_images(source, c, hp.resize, config.cache_mb, progress=progress)
+        images = cached.images if cached is not None else None
+        if cached is not None:
+            cross_check(hp, min_image_hw=cached.min_hw)
         train = name == "train"
         augmenter = Augmenter(hp.augmentation_type if train else None, hp.image_shape,
                               None if images is not None else hp.resize)
@@ -137,8 +149,10 @@ def _load_incremental(model: nn.Module, hp: HyperParameters, path: Path) -> None
     for key, value in ours.items():
         their = list(theirs[key]) if isinstance(theirs[key], (list, tuple)) else theirs[key]
         if their != value:
-            raise ClientError(f"Incremental training: {key} is {value} but the model in the model channel ({path}) "
-                              f"was trained with {key}={their}; num_layers, image_shape and num_classes must match")
+            shown, their_shown = (",".join(map(str, v)) if isinstance(v, list) else v for v in (value, their))
+            raise ClientError(f"Incremental training: {key} is {shown} but the model in the model channel ({path}) "
+                              f"was trained with {key}={their_shown}; num_layers, image_shape and num_classes must "
+                              f"match")
     loaded = load_model(path)
     model.load_state_dict(loaded.model.state_dict())
     log.info("Loaded the model channel for incremental training: %s", path)
