@@ -190,6 +190,9 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
     manifests = _find(path, MANIFEST_SUFFIXES)
     if len(manifests) == 1:
         return _manifest_source(manifests[0], label_format, num_classes)
+    if len(manifests) > 1:
+        raise ClientError(f"{name} channel: {len(manifests)} manifests in {path} ({', '.join(map(str, manifests[:3]))}"
+                          f"{', ...' if len(manifests) > 3 else ''}); pass the one to use as --{name} FILE")
     raise ClientError(f"Unable to start training. No .rec, .lst or manifest file in the {name} channel ({path}); "
                       f"image folders need a .lst file (pass --{name}-lst or run `openic im2rec --list`)")
 
