@@ -20,3 +20,14 @@ def test_import_openic_and_recordio_do_not_import_torch():
 def test_python_dash_m_openic_version():
     out = subprocess.run([sys.executable, "-m", "openic", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"openic {openic.__version__}"
+
+
+def test_readme_hyperparameter_table_matches_the_schema():
+    from pathlib import Path
+
+    from openic.cli.hpflags import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- hyperparameters:start -->\n", "<!-- hyperparameters:end -->"
+    table = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert table == markdown_table(), "regenerate the README table with: python -m openic.cli.hpflags"

@@ -38,3 +38,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def from_cli_namespace(ns: argparse.Namespace) -> dict[str, str]:
     """The hyperparameter flags that were given, as SageMaker's string map (ready for ``from_strings``)."""
     return {s.name: getattr(ns, s.name) for s in HyperParameters.specs() if getattr(ns, s.name, None) is not None}
+
+
+def markdown_table() -> str:
+    """The README's hyperparameter table, generated from the schema (``python -m openic.cli.hpflags``)."""
+    rows = ["| name | default | valid values | meaning |", "| --- | --- | --- | --- |"]
+    for spec in HyperParameters.specs():
+        cells = (f"`{spec.name}`", spec.default_text, spec.expects, spec.help)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -195,13 +195,18 @@ class BatchStream:
         assert self._stream is not None
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         loader = DataLoader(self._stream, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
-                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+                            worker_init_fn=_one_thread, pin_memory=torch.cuda.is_available())
         gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         for batch in loader:
             if isinstance(batch, _Failure):
                 raise (FileNotFoundError if batch.not_found else DataError)(batch.message)
             x, y = batch
             yield (self.augmenter.train_photometric(x, gen) if self.train else x), y
+
+
+def _one_thread(_worker_id: int) -> None:
+    """Decoding workers run one torch thread each, so N workers do not oversubscribe the training process's cores."""
+    torch.set_num_threads(1)
 
 
 def _prefetch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], depth: int = 2,
