@@ -4,6 +4,7 @@ Trains SageMaker's network (pre-activation ResNet v2 with an input BatchNorm, as
 example/image-classification/symbols/resnet.py, rebuilt here from the architecture facts in
 shared/fixtures/mxnet_models/README.md) with ``mx.io.ImageRecordIter`` and ``mx.mod.Module``, the way SageMaker's
 MXNet container does, and prints one JSON line per epoch: train accuracy, validation accuracy, time, samples/s.
+Like SageMaker, it saves the model (symbol + params) whenever validation accuracy improves.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     p.add_argument("--lr-factor", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="folder for the best model's checkpoint, as SageMaker writes it")
     args = p.parse_args()
     mx.random.seed(args.seed)
     shape = tuple(int(v) for v in args.image_shape.split(","))
@@ -120,6 +122,7 @@ def main() -> None:
         opt["lr_scheduler"] = scheduler
     mod.init_optimizer(optimizer="sgd", optimizer_params=opt)
     metric = mx.metric.Accuracy()
+    best = -1.0
     for epoch in range(args.epochs):
         train.reset()
         metric.reset()
@@ -134,6 +137,9 @@ def main() -> None:
         elapsed = time.perf_counter() - tic
         train_acc = metric.get()[1]
         val_acc = _validation_accuracy(mod, val)
+        if args.out and val_acc > best:  # SageMaker stores the best model each time it improves
+            best = val_acc
+            mod.save_checkpoint(f"{args.out}/image-classification", epoch + 1)
         print(
             json.dumps(
                 {

@@ -58,6 +58,8 @@ def run_mxnet(python: Path, cfg: dict, args: argparse.Namespace, train: Path, va
         str(n),
         "--threads",
         str(args.threads),
+        "--out",
+        tempfile.mkdtemp(prefix="mxnet-bench-"),
     ]
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MXNET_CPU_WORKER_NTHREADS": str(args.threads)}
     tic = time.perf_counter()
