@@ -11,6 +11,7 @@ errors that name the file and record). Sources pickle cheaply, so DataLoader wor
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 from openic.errors import ClientError, DataError
 from openic.lst import read_lst_with_lines, resolve_image_path
 from openic.manifest import read_manifest_with_lines
-from openic.recordio import RecordReader, unpack
+from openic.recordio import IRHeader, RecordReader, unpack
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ MANIFEST_SUFFIXES = (".manifest", ".jsonl", ".json")
 
 
 class RecordSource:
-    """Records of one or more ``.rec`` files, in file order (the ``.idx`` is used when present, else a scan)."""
+    """Records of one or more ``.rec`` files, in file order, found by one scan (an ``.idx`` is not needed, as in
+    SageMaker; a stale one beside the file is ignored)."""
 
     def __init__(self, rec_paths: list[Path]) -> None:
         self.paths = list(rec_paths)
@@ -42,7 +44,7 @@ class RecordSource:
                     header, _ = unpack_checked(record, path, span.offset)
                     self.locations.append((fno, span.offset))
                     labels.append(header.label if isinstance(header.label, tuple) else (header.label,))
-        self.labels = _label_matrix(labels, [self.describe(i) for i in range(len(labels))])
+        self.labels = _label_matrix(labels, self.describe)
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -65,7 +67,7 @@ class RecordSource:
         return {**self.__dict__, "_readers": None}
 
 
-def unpack_checked(record: bytes, path: Path, offset: int):  # noqa: ANN201 - (IRHeader, bytes)
+def unpack_checked(record: bytes, path: Path, offset: int) -> tuple[IRHeader, bytes]:
     try:
         return unpack(record)
     except DataError as e:
@@ -103,13 +105,14 @@ class Channel:
     lst: Path | None = None
 
 
-def _label_matrix(labels: list[tuple[float, ...]], where: list[str]) -> np.ndarray:
+def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str]) -> np.ndarray:
+    """``[N, L]`` float32 labels; every image must carry the same number of labels."""
     if not labels:
         raise ClientError("no images found")
     width = len(labels[0])
     for i, lab in enumerate(labels):
         if len(lab) != width:
-            raise DataError(f"{where[i]}: has {len(lab)} labels, but {where[0]} has {width}; all must agree")
+            raise DataError(f"{describe(i)}: has {len(lab)} labels, but {describe(0)} has {width}; all must agree")
     return np.asarray(labels, dtype=np.float32).reshape(len(labels), width)
 
 
@@ -129,7 +132,7 @@ def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
             files.append(path)
             labels.append(tuple(entry.labels))
             origins.append(source)
-    return FileListSource(files, _label_matrix(labels, origins), origins)
+    return FileListSource(files, _label_matrix(labels, origins.__getitem__), origins)
 
 
 def _manifest_source(manifest: Path, label_format: str, num_classes: int | None) -> FileListSource:
@@ -147,7 +150,7 @@ def _manifest_source(manifest: Path, label_format: str, num_classes: int | None)
         files.append(path)
         labels.append(tuple(entry.labels))
         origins.append(source)
-    return FileListSource(files, _label_matrix(labels, origins), origins)
+    return FileListSource(files, _label_matrix(labels, origins.__getitem__), origins)
 
 
 def _require_file(path: Path, source: str, root: Path) -> None:

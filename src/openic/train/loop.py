@@ -1,7 +1,8 @@
 """The training loop: ``train_one_epoch``, ``evaluate`` and ``fit`` — a plain ``for epoch`` loop.
 
-``fit`` reads top to bottom: set up (data, model, optimizer), resume from the last checkpoint if the output
-directory has one, then per epoch train → validate → log SageMaker's lines → keep the best / periodic weights →
+``fit`` reads top to bottom: set up the model and optimizer, resume from the last checkpoint if the output
+directory has one, then open the data (so cheap mistakes fail before slow decoding); per epoch train →
+re-estimate BatchNorm statistics → validate → log SageMaker's lines → keep the best / periodic weights →
 write a checkpoint atomically → maybe stop early; finally write ``model.tar.gz``.
 """
 
@@ -24,7 +25,13 @@ from openic.tracking import FileTracker, Tracker
 from openic.train import optim
 from openic.train.checkpoint import Checkpointer, RunState
 from openic.train.metrics import Accuracy, LossFn, make_loss
-from openic.train.setup import TrainConfig, build_data, build_model, epochs_math_check, pick_device
+from openic.train.setup import (
+    TrainConfig,
+    build_data,
+    build_model,
+    pick_device,
+    progress_enabled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +206,8 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     data = build_data(hp, channels, config, prefetch=device.type == "cuda")
     loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
     step = Step(model, optimizer, loss_fn, device, autocast, scaler)
-    epochs_math_check(hp, len(data.train))
-    progress = config.progress if config.progress is not None else _stderr_is_tty()
+    optim.warn_if_epoch_length_differs(hp, len(data.train))
+    progress = progress_enabled(config)
     recent: deque = deque(maxlen=config.precise_bn_batches)
     for epoch in range(run.epochs_done, hp.epochs):
         data.train.set_epoch(epoch)
@@ -239,9 +246,3 @@ def _finish(ckpt: Checkpointer, run: RunState, model: nn.Module, class_names: li
         tracker.close()
     log.info("Model written to %s", model_path)
     return TrainResult(ckpt.out, model_path, run.epochs_done, run.best_epoch, run.best_accuracy, run.history)
-
-
-def _stderr_is_tty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()

@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
 
 from openic.hyperparams import HyperParameters
+
+log = logging.getLogger(__name__)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -48,6 +51,14 @@ def build_optimizer(hp: HyperParameters, model: nn.Module) -> torch.optim.Optimi
 def steps_per_epoch(hp: HyperParameters, world_size: int = 1) -> int:
     """Updates per epoch for the schedule, from ``num_training_samples`` as MXNet's fit.py computes it."""
     return max(1, math.ceil(hp.num_training_samples // world_size / hp.mini_batch_size))
+
+
+def warn_if_epoch_length_differs(hp: HyperParameters, batches: int, world_size: int = 1) -> None:
+    """The schedule's epoch comes from ``num_training_samples``; say so when the data gives another length."""
+    expected = steps_per_epoch(hp, world_size)
+    if expected != batches:
+        log.warning("num_training_samples=%d gives %d steps per epoch for the learning-rate schedule, but the train "
+                    "channel gives %d batches per epoch", hp.num_training_samples, expected, batches)
 
 
 def learning_rate_at(hp: HyperParameters, num_update: int, epoch_steps: int) -> float:

@@ -7,8 +7,8 @@ seconds with a ``ClientError`` that names the hyperparameter, file or value.
 from __future__ import annotations
 
 import logging
-import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +88,7 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
                     label_width=source.labels.shape[1])
         _check_label_range(hp, source, name)
     c = hp.image_shape[0]
-    progress = _progress_enabled(config)
+    progress = progress_enabled(config)
     streams = {}
     for name, source in sources.items():
         cached = cache_images(source, c, hp.resize, config.cache_mb, progress=progress)
@@ -123,9 +123,8 @@ def _check_label_range(hp: HyperParameters, source: Source, channel: str) -> Non
                           f"0..{hp.num_classes - 1} (num_classes={hp.num_classes})")
 
 
-def _progress_enabled(config: TrainConfig) -> bool:
-    import sys
-
+def progress_enabled(config: TrainConfig) -> bool:
+    """Progress bars: as asked, else only when stderr is a terminal (logs stay clean in files and CI)."""
     return config.progress if config.progress is not None else sys.stderr.isatty()
 
 
@@ -185,11 +184,3 @@ def _load_pretrained(model: nn.Module, hp: HyperParameters, source: Path | None)
                           f"{missing[0]}")
     model.load_state_dict(usable, strict=False)
     log.info("Using pretrained model for initializing weights and transfer learning.")
-
-
-def epochs_math_check(hp: HyperParameters, steps: int) -> None:
-    """Warn when the schedule's epochs (from num_training_samples) disagree with the data."""
-    expected = math.ceil(hp.num_training_samples / hp.mini_batch_size)
-    if expected != steps:
-        log.warning("num_training_samples=%d gives %d steps per epoch for the learning-rate schedule, but the train "
-                    "channel gives %d batches per epoch", hp.num_training_samples, expected, steps)
