@@ -441,3 +441,36 @@ def test_streamed_image_smaller_than_crop_names_the_file(tmp_path):
     assert rc == 2
     text = (out / "failure").read_text()
     assert "small.png" in text and "Traceback" not in text
+
+
+def test_manifest_with_two_label_keys_needs_label_attribute(tmp_path):
+    root = tmp_path / "images"
+    items = _image_folder(root, 8, sizes=((32, 32),))
+    manifest = tmp_path / "train.manifest"
+    manifest.write_text("".join(json.dumps({"source-ref": f"images/{rel}", "class": str(lab), "other": "x"}) + "\n"
+                                for rel, lab in items))
+    base = ["train", "--train", str(manifest), "--validation", str(manifest), "--num_training_samples", "8",
+            "--epochs", "1", *LST_HP]
+    assert main([*base, "--output-dir", str(tmp_path / "a")]) == 2
+    assert "--label-attribute" in (tmp_path / "a" / "failure").read_text()
+    assert main([*base, "--output-dir", str(tmp_path / "b"), "--label-attribute", "class"]) == 0
+
+
+def test_class_id_labels_need_multi_label(tmp_path, small):
+    assert _train(small, tmp_path, "--label-format", "class-id") == 2
+    assert "multi_label=1" in (tmp_path / "failure").read_text()
+
+
+def test_resume_with_other_architecture_names_the_hyperparameters(tmp_path, small):
+    assert _train(small, tmp_path) == 0
+    assert _train(small, tmp_path, "--num_layers", "32") == 2
+    text = (tmp_path / "failure").read_text()
+    assert "other hyperparameters" in text and "num_layers" in text
+
+
+def test_image_shape_too_small_for_the_7x7_stem_is_a_hyperparameter_error():
+    from openic.errors import ClientError
+
+    with pytest.raises(ClientError, match="image_shape"):
+        HyperParameters.from_strings({"num_classes": "2", "num_training_samples": "10", "num_layers": "18",
+                                      "image_shape": "3,64,16"})

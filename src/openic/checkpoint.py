@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -204,9 +204,13 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     return path
 
 
-def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: Any = None) -> dict[str, Any]:
-    """Restore model, optimizer, scaler and RNG states in place; return the ``state`` given to save_checkpoint."""
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
+                    check_state: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, scaler and RNG states in place; return the ``state`` given to save_checkpoint.
+
+    ``check_state`` sees that ``state`` before anything is restored, so a caller can refuse a checkpoint of
+    another run with its own message rather than a weights-shape mismatch.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -222,6 +226,9 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     if int(payload.get("format_version", 0)) > CHECKPOINT_FORMAT_VERSION:
         raise ClientError(f"{path}: checkpoint format_version {payload['format_version']} is newer than "
                           f"{CHECKPOINT_FORMAT_VERSION}; upgrade openic")
+    state = _decode(payload["state"], tensors)
+    if check_state is not None:
+        check_state(state)
     load_state_strict(unwrap_model(model), _decode(payload["model"], tensors), str(path))
     try:
         optimizer.load_state_dict(_decode(payload["optimizer"], tensors))
@@ -234,4 +241,4 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     elif payload["scaler"] is not None:
         logger.warning("%s: the checkpoint's grad-scaler state is ignored (no scaler passed)", path)
     _set_rng_state(_decode(payload["rng"], tensors), str(path))
-    return _decode(payload["state"], tensors)
+    return state

@@ -13,8 +13,9 @@ Choices where SageMaker is silent or lenient (spec §1):
   is not valid for the '<name>' hyperparameter which expects ...", or naming an unknown or missing name).
 * Pair rules checked on construction: checkpoint_frequency <= epochs; top_k <= num_classes (top_k=1 is allowed:
   the doc says > 1 but SageMaker ran it); use_weighted_loss=1 needs multi_label=1; use_pretrained_model=1 needs
-  depth 18-200 and 3 channels; resize >= min(H, W) (else no image fits the crop); H, W >= 8 px for depths 18-200
-  and >= 4 px for 20-110, their smallest total stride (so SageMaker's documented 18 at 3,28,28 is valid).
+  depth 18-200 and 3 channels; resize >= min(H, W) (else no image fits the crop); H and W at least the network's
+  total stride (``min_image_side``: 8 px for depths 18-200 and 4 px for 20-110 when H <= 32, four times that
+  with the 7x7 stem; so SageMaker's documented 18 at 3,28,28 is valid).
 * ``_tuning_objective_metric`` (added by SageMaker's tuner) and ``model_prefix`` are accepted and ignored.
 """
 
@@ -36,7 +37,14 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)  # 4-stage ResNets, pretrained weights exist
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # 3-stage ResNets for small images
-_MIN_SIDE = {**{d: 8 for d in IMAGENET_DEPTHS}, **{d: 4 for d in CIFAR_DEPTHS}}  # px, smallest total stride
+SMALL_STEM_MAX_HEIGHT = 32  # MXNet: a 3x3/1 stem when height <= 32, else 7x7/2 conv + 3x3/2 max-pool (stride 4)
+
+
+def min_image_side(num_layers: int, height: int) -> int:
+    """Smallest H and W for ``num_layers`` at this height: the network's total stride (4 or 3 stages, times the
+    stem's stride). Smaller images would leave the last stage looking mostly at zero padding."""
+    stages = 4 if num_layers in IMAGENET_DEPTHS else 3
+    return (1 if height <= SMALL_STEM_MAX_HEIGHT else 4) * 2 ** (stages - 1)
 _IGNORED_NAMES = frozenset({"_tuning_objective_metric"})
 _INT = re.compile(r"0|[1-9][0-9]*")
 _BOOLS: dict[object, bool] = {True: True, False: False, "true": True, "1": True, "false": False, "0": False}
@@ -193,7 +201,7 @@ def _cross_field_errors(v: Mapping[str, Any]) -> list[str]:
     if v["resize"] is not None and v["resize"] < min(h, w):
         errors.append(_invalid("resize", v["resize"], f"at least {min(h, w)}, the smaller side of image_shape "
                                f"{c},{h},{w}: resize sets every image's shorter side, which must fit the crop"))
-    side = _MIN_SIDE[v["num_layers"]]
+    side = min_image_side(v["num_layers"], h)
     if min(h, w) < side:
         errors.append(_invalid("image_shape", f"{c},{h},{w}", f"H and W of at least {side} px for num_layers "
                                f"{v['num_layers']} (the network downsamples by {side} or more)"))

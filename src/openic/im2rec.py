@@ -28,8 +28,9 @@ empty lists for an empty folder. Here a malformed line or a path leaving ``root`
 anything is written; each unreadable image (or, with ``pass_through``, a file that is not JPEG/PNG) is logged
 with ``file:line`` and path, the whole list is processed so one run reports them all, then ``DataError`` is
 raised and no ``.rec`` is left behind, unless ``skip_bad`` (``--skip-bad``) packs the rest and lists the skips
-in :class:`PackResult`. Ratios that MXNet would silently ignore, an empty folder and ``color=-1`` (alpha,
-16-bit: unusable for training) are ``ClientError``. Outputs appear atomically (``.partial`` + rename).
+in :class:`PackResult`. Ratios summing past 1 (unless train_ratio is 1, when MXNet ignores test_ratio and so do
+we, with a warning), an empty folder and ``color=-1`` (alpha, 16-bit: unusable for training) are
+``ClientError``. Outputs appear atomically (``.partial`` + rename).
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ def inspect_records(
     Keys: ``key`` (from the ``.idx``, the sibling one by default, null for a record it does not list; without
     an ``.idx`` the 0-based record number), ``offset``, ``parts``, ``rec_len``, ``flag``, ``label`` (float, or
     list when flag > 0), ``id``, ``id2``, ``payload_len``, ``payload_md5``, ``format``. A record too short for
-    the 24-byte image header, or whose header announces more labels than it holds, is listed with a null header
-    and its whole bytes as payload (``header_error`` says why). With ``decode``: ``shape``, ``sum``, ``csum``
+    the 24-byte image header (a plain payload) is listed with a null header and its whole bytes as payload; one
+    whose header announces more labels than it holds is listed the same way, with ``header_error`` saying why.
+    With ``decode``: ``shape``, ``sum``, ``csum``
     (per RGB channel) and ``pix_md5`` (md5 of the HxWx3 uint8 array), or ``decode_error``.
 
     Raises:
@@ -63,7 +64,7 @@ def _add_header(info: dict[str, Any], data: bytes) -> bytes:
         header, payload = unpack(data)
     except DataError as e:
         info.update(flag=None, label=None, id=None, id2=None)
-        if len(data) >= IR_HEADER_SIZE:
+        if len(data) >= IR_HEADER_SIZE:  # shorter records are plain payloads (no header), not broken ones
             info["header_error"] = str(e)
         return data
     label = list(header.label) if isinstance(header.label, tuple) else header.label

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import numbers
 import os
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ LENGTH_BITS = 29
 MAX_LENGTH = (1 << LENGTH_BITS) - 1
 _PART_HEAD = struct.Struct("<II")
 _IR = struct.Struct("<IfQQ")
+_INT_KEY = re.compile(r"-?[0-9]+")  # MXIndexedRecordIO's default key_type is int
 IR_HEADER_SIZE = _IR.size  # 24 bytes
 
 
@@ -149,7 +151,7 @@ def read_index(idx_path: str | os.PathLike[str]) -> dict[int | str, int]:
             raise DataError(f"{idx_path}:{lineno}: offset {off_text!r} is not an integer") from None
         if offset < 0:
             raise DataError(f"{idx_path}:{lineno}: offset {offset} is negative")
-        key: int | str = int(key_text) if key_text.lstrip("-").isdigit() else key_text
+        key: int | str = int(key_text) if _INT_KEY.fullmatch(key_text) else key_text
         index[key] = offset
     return index
 

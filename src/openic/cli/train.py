@@ -67,6 +67,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--precise-bn-batches", type=int, default=2, metavar="N",
                      help="re-estimate BatchNorm statistics from each epoch's last N training batches before "
                           "validation (default 2; 0 keeps MXNet's running averages only)")
+    run.add_argument("--label-attribute", default=None, metavar="NAME",
+                     help="label key of augmented manifests (SageMaker's AttributeNames[1]); default: the only key "
+                          "besides source-ref and *-metadata")
     run.add_argument("--no-resume", dest="resume", action="store_false",
                      help="ignore checkpoints in --output-dir and start over")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -138,6 +141,7 @@ def _train(raw: dict[str, str], args: argparse.Namespace) -> int:
         channels["model"] = Channel("model", args.model)
     options = {"output_dir": args.output_dir, "seed": args.seed, "device": args.device, "resume": args.resume,
                "progress": args.progress, "pretrained": args.pretrained, "label_format": args.label_format,
+               "label_attribute": args.label_attribute,
                "threads": args.threads, "precise_bn_batches": args.precise_bn_batches,
                "cache_mb": args.cache_mb}
     if args.workers is not None:
@@ -154,12 +158,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     setup_logging()
     info = make_digits(args.dir / "data")
-    print(info.summary() if hasattr(info, "summary") else info)
+    print(info.summary())
     out = args.dir / "model"
     hp = DEMO_HYPERPARAMETERS | {"epochs": str(args.epochs)}
     ns = argparse.Namespace(train=info.train_rec, validation=info.val_rec, train_lst=None, validation_lst=None,
                             model=None, output_dir=out, seed=args.seed, device="auto", resume=False, progress=None,
-                            pretrained=None, label_format="multi-hot", threads=None, workers=None,
+                            pretrained=None, label_format="multi-hot", label_attribute=None, threads=None, workers=None,
                             precise_bn_batches=2, cache_mb=4096)
     status = _train(hp, ns)
     try:

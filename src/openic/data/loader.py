@@ -15,7 +15,6 @@ work per image; openic keeps epochs self-contained so a resumed run sees exactly
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from openic.images import decode_image
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_MB = int(os.environ.get("OPENIC_CACHE_MB", "4096"))
+DEFAULT_CACHE_MB = 4096  # decoded bytes kept in memory at most; `openic train --cache-mb`
 
 
 def decode_one(source: Source, i: int, channels: int) -> torch.Tensor:
@@ -147,10 +146,8 @@ class BatchStream:
         self.epoch = 0
         self._stream: _StreamDataset | None = None
         if self.images is None:
-            self._stream = _StreamDataset(self.source, self.augmenter, self.images_channels(), self.train, self.seed)
-
-    def images_channels(self) -> int:
-        return self.augmenter.image_shape[0]
+            channels = self.augmenter.image_shape[0]
+            self._stream = _StreamDataset(self.source, self.augmenter, channels, self.train, self.seed)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -170,10 +167,12 @@ class BatchStream:
         return order
 
     def __len__(self) -> int:
-        return -(-len(self._order()) // self.batch_size)
-
-    def num_samples(self) -> int:
-        return len(self._order())
+        """Batches per epoch, from the counts alone (no permutation drawn)."""
+        rank, world = self.shard
+        n = len(range(rank, len(self.source), world))
+        if self.train and n % self.batch_size == 1:
+            n += 1
+        return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()

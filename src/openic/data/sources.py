@@ -135,9 +135,10 @@ def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
     return FileListSource(files, _label_matrix(labels, origins.__getitem__), origins)
 
 
-def _manifest_source(manifest: Path, label_format: str, num_classes: int | None) -> FileListSource:
+def _manifest_source(manifest: Path, label_format: str, num_classes: int | None,
+                     label_attribute: str | None = None) -> FileListSource:
     """Images named by ``source-ref`` (relative to the manifest's folder, or ``file://`` relative URIs)."""
-    entries = read_manifest_with_lines(manifest, label_format=label_format, num_classes=num_classes)
+    entries = read_manifest_with_lines(manifest, label_attribute, label_format=label_format, num_classes=num_classes)
     files, labels, origins = [], [], []
     for lineno, entry in entries:
         source = f"{manifest}:{lineno}"
@@ -159,8 +160,13 @@ def _require_file(path: Path, source: str, root: Path) -> None:
         raise FileNotFoundError(f"{source}: image not found: {path} (paths are relative to {root})")
 
 
-def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_classes: int | None = None) -> Source:
-    """Decide the channel's format from what it holds and open it; errors name the channel and path."""
+def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_classes: int | None = None,
+                 label_attribute: str | None = None) -> Source:
+    """Decide the channel's format from what it holds and open it; errors name the channel and path.
+
+    ``label_format``/``label_attribute`` apply to augmented manifests (SageMaker's content-type parameter and
+    ``AttributeNames``); by default the manifest's only non-``source-ref``, non-metadata key is the label.
+    """
     path, name = channel.path, channel.name
     if not path.exists():
         raise FileNotFoundError(f"{name} channel: {path} does not exist")
@@ -180,7 +186,7 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
         if suffix == ".lst":
             return _lst_source([path], path.parent)
         if suffix in MANIFEST_SUFFIXES:
-            return _manifest_source(path, label_format, num_classes)
+            return _manifest_source(path, label_format, num_classes, label_attribute)
         raise ClientError(f"{name} channel: cannot tell the format of {path}; expected a .rec, .lst or "
                           f"{'/'.join(MANIFEST_SUFFIXES)} file, or a folder holding them")
     log.info("Searching for .rec files in %s.", path)
@@ -192,7 +198,7 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
         return _lst_source(lsts, path)
     manifests = _find(path, MANIFEST_SUFFIXES)
     if len(manifests) == 1:
-        return _manifest_source(manifests[0], label_format, num_classes)
+        return _manifest_source(manifests[0], label_format, num_classes, label_attribute)
     if len(manifests) > 1:
         raise ClientError(f"{name} channel: {len(manifests)} manifests in {path} ({', '.join(map(str, manifests[:3]))}"
                           f"{', ...' if len(manifests) > 3 else ''}); pass the one to use as --{name} FILE")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openic.errors import ClientError
+from openic.hyperparams import SMALL_STEM_MAX_HEIGHT, min_image_side
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,6 @@ DEPTHS: dict[int, Layout] = {
     110: Layout(BasicBlock, (18, 18, 18), 16, _SMALL3),
 }
 
-SMALL_STEM_MAX_HEIGHT = 32  # MXNet: 3x3/1 stem when height <= 32, else 7x7/2 conv + BN + ReLU + 3x3/2 max-pool
 SUPPORTED_CHANNELS = (1, 3)
 
 
@@ -207,17 +207,6 @@ def _xavier_in(m: nn.Conv2d | nn.Linear) -> None:
 def _check_num_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ClientError(f"num_classes must be a positive integer, got {num_classes!r}")
-
-
-def min_image_side(num_layers: int, height: int) -> int:
-    """Smallest H and W accepted for ``num_layers`` at this height: the network's total stride.
-
-    Below it the last stage would see feature maps made mostly of zero padding (the convolutions would still
-    run, since padded strided convolutions never go below 1x1), so such shapes are rejected as user errors.
-    """
-    stages = len(DEPTHS[num_layers].units)
-    stem_stride = 1 if height <= SMALL_STEM_MAX_HEIGHT else 4
-    return stem_stride * 2 ** (stages - 1)
 
 
 def create_model(num_layers: int, num_classes: int, image_shape: tuple[int, int, int]) -> ResNet:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from openic.artifacts import save_model
+from openic.artifacts import checkpoint_name, save_model
 from openic.checkpoint import atomic_path, clean_state_dict, load_checkpoint, save_checkpoint, unwrap_model
 from openic.errors import ClientError
 from openic.hyperparams import HyperParameters
@@ -55,23 +55,26 @@ class Checkpointer:
         self.best = self.dir / "best.safetensors"
 
     def periodic(self, epoch: int) -> Path:
-        return self.dir / f"image-classification-{epoch + 1:04d}.safetensors"
+        return self.dir / checkpoint_name(epoch)
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None) -> RunState:
         """Continue after the last completed epoch if this output directory holds a checkpoint of the same run."""
         if not self.last.exists():
             return RunState()
-        state = load_checkpoint(self.last, model=model, optimizer=optimizer, scaler=scaler)
-        saved_hp = state.get("hyperparameters")
-        if saved_hp != self.hp.to_dict():
-            changed = sorted(k for k in set(saved_hp or {}) | set(self.hp.to_dict())
-                             if (saved_hp or {}).get(k) != self.hp.to_dict().get(k))
-            raise ClientError(f"{self.out} holds a checkpoint of a run with other hyperparameters (differing: "
-                              f"{', '.join(changed)}); use a new --output-dir, or --no-resume to start over")
+        state = load_checkpoint(self.last, model=model, optimizer=optimizer, scaler=scaler,
+                                check_state=self._same_run)
         run = RunState(**state["run"])
         log.info("Resuming from %s: %d epochs already done", self.last, run.epochs_done)
         return run
+
+    def _same_run(self, state: dict) -> None:
+        saved_hp = state.get("hyperparameters") or {}
+        ours = self.hp.to_dict()
+        if saved_hp != ours:
+            changed = sorted(k for k in set(saved_hp) | set(ours) if saved_hp.get(k) != ours.get(k))
+            raise ClientError(f"{self.out} holds a checkpoint of a run with other hyperparameters (differing: "
+                              f"{', '.join(changed)}); use a new --output-dir, or --no-resume to start over")
 
     def after_epoch(self, run: RunState, epoch: int, accuracy: float, model: nn.Module) -> None:
         """Update best / periodic weights and the early-stopping counter for a finished epoch."""

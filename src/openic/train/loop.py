@@ -26,6 +26,7 @@ from openic.train import optim
 from openic.train.checkpoint import Checkpointer, RunState
 from openic.train.metrics import Accuracy, LossFn, make_loss
 from openic.train.setup import (
+    DataBundle,
     TrainConfig,
     build_data,
     build_model,
@@ -58,7 +59,7 @@ def _autocast(hp: HyperParameters, device: torch.device) -> tuple[contextlib.Abs
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = to_float_input(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+    x = to_float_input(x, device, channels_last=True)
     return x, y.to(device, non_blocking=True)
 
 
@@ -200,43 +201,68 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     if run.stopped_early or run.epochs_done >= hp.epochs:
         log.info("Nothing left to train: the checkpoint in %s is of a finished run", out)
         return _finish(ckpt, run, model, class_names, tracker)
-    tracker = tracker or FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
-    tracker.log_params(hp.to_dict())
     # on a CPU the model and the batch builder share the same cores: a background thread would only contend
     data = build_data(hp, channels, config, prefetch=device.type == "cuda")
     loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
-    step = Step(model, optimizer, loss_fn, device, autocast, scaler)
     optim.warn_if_epoch_length_differs(hp, len(data.train))
-    progress = progress_enabled(config)
-    recent: deque = deque(maxlen=config.precise_bn_batches)
-    for epoch in range(run.epochs_done, hp.epochs):
-        data.train.set_epoch(epoch)
-        tic = time.perf_counter()
-        train = train_one_epoch(step, data.train, hp, run, epoch, log_every=config.log_every,
-                                epoch_steps=optim.steps_per_epoch(hp), tracker=tracker, progress=progress,
-                                keep=recent if recent.maxlen else None)
-        recalibrate_batchnorm(model, list(recent), autocast)
-        recent.clear()
-        for name, value in train.items():
-            if name != "loss":
-                log.info("Epoch[%d] Train-%s=%f", epoch, name, value)
-        elapsed = time.perf_counter() - tic
-        log.info("Epoch[%d] Time cost=%.3f", epoch, elapsed)
-        val = evaluate(model, data.validation, hp, device, autocast, loss_fn)
-        log.info("Epoch[%d] Validation-accuracy=%f", epoch, val["accuracy"])
-        record = {f"train:{k}": v for k, v in train.items()} | {f"validation:{k}": v for k, v in val.items()}
-        record |= {"learning_rate": optim.learning_rate_at(hp, run.num_update - 1, optim.steps_per_epoch(hp)),
-                   "epoch_time": elapsed, "samples_per_sec": len(data.train_source) / data.world_size / elapsed}
-        tracker.log_metrics(record, step=run.num_update, epoch=epoch)
-        run.history.append({"epoch": epoch, **record})
-        ckpt.after_epoch(run, epoch, val["accuracy"], model)
-        run.stopped_early = ckpt.should_stop_early(run, epoch)
-        ckpt.save(run, model, optimizer, scaler)
-        if run.stopped_early:
-            log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
-                     hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
-            break
+    tracker = tracker or FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
+    ctx = _Epochs(hp, config, Step(model, optimizer, loss_fn, device, autocast, scaler), data, run, ckpt, tracker,
+                  progress_enabled(config), optim.steps_per_epoch(hp))
+    try:
+        tracker.log_params(hp.to_dict())
+        for epoch in range(run.epochs_done, hp.epochs):
+            if _run_epoch(ctx, epoch):
+                break
+    except BaseException:
+        tracker.close()  # what was logged stays on disk; the run resumes from the last checkpoint
+        raise
     return _finish(ckpt, run, model, class_names, tracker)
+
+
+@dataclass
+class _Epochs:
+    """Everything an epoch needs, built once by ``fit``."""
+
+    hp: HyperParameters
+    config: TrainConfig
+    step: Step
+    data: DataBundle
+    run: RunState
+    ckpt: Checkpointer
+    tracker: Tracker
+    progress: bool
+    epoch_steps: int
+
+
+def _run_epoch(ctx: _Epochs, epoch: int) -> bool:
+    """Train, re-estimate BatchNorm statistics, validate, log, checkpoint; True when training should stop early."""
+    hp, step, data, run = ctx.hp, ctx.step, ctx.data, ctx.run
+    data.train.set_epoch(epoch)
+    recent: deque = deque(maxlen=ctx.config.precise_bn_batches)
+    tic = time.perf_counter()
+    train = train_one_epoch(step, data.train, hp, run, epoch, log_every=ctx.config.log_every,
+                            epoch_steps=ctx.epoch_steps, tracker=ctx.tracker, progress=ctx.progress,
+                            keep=recent if recent.maxlen else None)
+    recalibrate_batchnorm(step.model, list(recent), step.autocast)
+    for name, value in train.items():
+        if name != "loss":
+            log.info("Epoch[%d] Train-%s=%f", epoch, name, value)
+    elapsed = time.perf_counter() - tic
+    log.info("Epoch[%d] Time cost=%.3f", epoch, elapsed)
+    val = evaluate(step.model, data.validation, hp, step.device, step.autocast, step.loss_fn)
+    log.info("Epoch[%d] Validation-accuracy=%f", epoch, val["accuracy"])
+    record = {f"train:{k}": v for k, v in train.items()} | {f"validation:{k}": v for k, v in val.items()}
+    record |= {"learning_rate": optim.learning_rate_at(hp, run.num_update - 1, ctx.epoch_steps),
+               "epoch_time": elapsed, "samples_per_sec": len(data.train_source) / data.world_size / elapsed}
+    ctx.tracker.log_metrics(record, step=run.num_update, epoch=epoch)
+    run.history.append({"epoch": epoch, **record})
+    ctx.ckpt.after_epoch(run, epoch, val["accuracy"], step.model)
+    run.stopped_early = ctx.ckpt.should_stop_early(run, epoch)
+    ctx.ckpt.save(run, step.model, step.optimizer, step.scaler)
+    if run.stopped_early:
+        log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
+                 hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
+    return run.stopped_early
 
 
 def _finish(ckpt: Checkpointer, run: RunState, model: nn.Module, class_names: list[str] | None,

@@ -40,6 +40,7 @@ class TrainConfig:
     pretrained: Path | None = None  # ImageNet weights for use_pretrained_model=1
     log_every: int = 20  # batches between Speedometer lines, as SageMaker
     label_format: str = "multi-hot"  # augmented manifests: multi-hot | class-id
+    label_attribute: str | None = None  # augmented manifests: the label key (None: the only non-metadata key)
     threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)
     precise_bn_batches: int = 2  # re-estimate BatchNorm statistics from the epoch's last N batches (0 = off)
 
@@ -80,8 +81,12 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
     for required in ("train", "validation"):
         if required not in channels:
             raise ClientError(f"the {required!r} channel is required (got: {', '.join(sorted(channels)) or 'none'})")
+    if config.label_format == "class-id" and not hp.multi_label:
+        raise ClientError("label-format class-id lists several class ids per image: it needs multi_label=1 "
+                          "(for one class per image, use the default multi-hot format with a single label)")
     num_classes = hp.num_classes if hp.multi_label else None
-    sources = {name: open_channel(channels[name], label_format=config.label_format, num_classes=num_classes)
+    sources = {name: open_channel(channels[name], label_format=config.label_format, num_classes=num_classes,
+                                  label_attribute=config.label_attribute)
                for name in ("train", "validation")}
     for name, source in sources.items():
         cross_check(hp, num_images=len(source) if name == "train" else None,
