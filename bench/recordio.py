@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -156,16 +157,19 @@ def make_rec_from_folder(root: Path, rec: Path) -> Path:
 # --------------------------------------------------------------------------- im2rec
 
 
+_ENV = os.environ | {"PYTHONPATH": str(REPO / "src")}  # works without an install
+
+
 def _run(cmd: list[str]) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_ENV)
     return time.perf_counter() - t
 
 
 def _timed_in_process(python: str, setup: str, call: str) -> float:
     """Seconds spent in ``call`` inside a fresh interpreter, after ``setup`` (the imports) has run."""
     code = f"import time\n{setup}\nt = time.perf_counter()\n{call}\nprint(time.perf_counter() - t)"
-    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True)
+    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, env=_ENV)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -178,7 +182,8 @@ def im2rec_compare(mxpy: Path, root: Path, name: str, repeats: int = 2) -> dict[
     (base / "oi").mkdir(parents=True)
     _run([str(mxpy), mx_script, str(base / "mx" / name), str(root), "--list", "--recursive"])
     shutil.copy(base / "mx" / f"{name}.lst", base / "oi" / f"{name}.lst")
-    images = sum(1 for _ in open(base / "mx" / f"{name}.lst"))
+    with open(base / "mx" / f"{name}.lst") as f:
+        images = sum(1 for _ in f)
     for f in root.rglob("*"):  # warm the page cache so neither tool pays for the first read
         if f.is_file():
             f.read_bytes()

@@ -29,10 +29,23 @@ CONFIGS = {
 }
 
 
+_SCRATCH: list[tempfile.TemporaryDirectory] = []  # removed when the script exits
+
+
+def _scratch(prefix: str) -> Path:
+    """A temporary output folder for one run (the saved models are not kept)."""
+    _SCRATCH.append(tempfile.TemporaryDirectory(prefix=prefix))
+    return Path(_SCRATCH[-1].name)
+
+
 def _data(args: argparse.Namespace) -> tuple[Path, Path, int]:
     fixtures = ROOT.parent / "shared" / "fixtures" / "rec"
     train, val = Path(args.train or fixtures / "digits_train.rec"), Path(args.validation or fixtures / "digits_val.rec")
-    count = sum(1 for _ in open(train.with_suffix(".idx")))
+    sys.path.insert(0, str(ROOT / "src"))
+    from openic.recordio import RecordReader
+
+    with RecordReader(train, use_index=False) as reader:  # counts by a scan: no .idx needed
+        count = len(reader)
     return train, val, count
 
 
@@ -59,7 +72,7 @@ def run_mxnet(python: Path, cfg: dict, args: argparse.Namespace, train: Path, va
         "--threads",
         str(args.threads),
         "--out",
-        tempfile.mkdtemp(prefix="mxnet-bench-"),
+        str(_scratch("mxnet-bench-")),
     ]
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MXNET_CPU_WORKER_NTHREADS": str(args.threads)}
     tic = time.perf_counter()
@@ -78,7 +91,7 @@ def run_openic(
     n: int,
     extra: list[str],
 ) -> tuple[list, float]:
-    out_dir = Path(tempfile.mkdtemp(prefix="openic-bench-"))
+    out_dir = _scratch("openic-bench-")
     cmd = [
         sys.executable,
         "-m",

@@ -128,14 +128,16 @@ def _weights_bytes(state: Mapping[str, Tensor]) -> bytes:
 
 
 def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: int,
-               class_names: list[str] | None = None, checkpoints: Mapping[int, Mapping[str, Tensor]] | None = None,
+               class_names: list[str] | None = None,
+               checkpoints: Mapping[int, Mapping[str, Tensor] | Path] | None = None,
                metrics: Mapping[str, float] | None = None) -> Path:
     """Write ``out_dir/model.tar.gz``: weights, shapes, resolved hyperparameters, classes, metadata.
 
     Args:
         epoch: 0-based epoch the weights come from (MXNet's ``Epoch[k]``).
-        checkpoints: per-epoch state dicts kept by ``checkpoint_frequency``; each becomes
-            ``image-classification-%04d.safetensors`` numbered epoch + 1.
+        checkpoints: per-epoch weights kept by ``checkpoint_frequency`` (state dicts, or safetensors files that
+            are copied as they are, one at a time); each becomes ``image-classification-%04d.safetensors``
+            numbered epoch + 1.
         metrics: final metrics (for example ``validation:accuracy``) recorded in ``metadata.json``.
     """
     out_dir = Path(out_dir)
@@ -162,7 +164,8 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: i
     if class_names is not None:
         members[CLASSES] = functools.partial(_json_bytes, [str(n) for n in class_names])
     for e, state in checkpoints.items():
-        members[checkpoint_name(int(e))] = functools.partial(_weights_bytes, state)
+        members[checkpoint_name(int(e))] = (state.read_bytes if isinstance(state, Path)
+                                            else functools.partial(_weights_bytes, state))
     dest = out_dir / MODEL_ARCHIVE
     _write_tar_gz(dest, members)
     logger.info("saved model (epoch %d, %d checkpoints) to %s", epoch, len(checkpoints), dest)

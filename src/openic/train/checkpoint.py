@@ -115,7 +115,7 @@ class Checkpointer:
             model.load_state_dict(load_file(str(self.best)))
             epoch = run.best_epoch if run.best_epoch is not None else epoch
         elif self.hp.checkpoint_frequency is not None:
-            checkpoints = {e: load_file(str(self.periodic(e))) for e in run.saved_epochs}
+            checkpoints = {e: self.periodic(e) for e in run.saved_epochs}  # copied into the tar one at a time
         metrics = {"best_validation_accuracy": run.best_accuracy} if run.best_accuracy is not None else None
         return save_model(self.out, model, self.hp, epoch=epoch, class_names=class_names, checkpoints=checkpoints,
                           metrics=metrics)
