@@ -17,6 +17,7 @@ from safetensors.torch import load as st_load
 
 import openic.artifacts as artifacts
 import openic.checkpoint as checkpoint
+import openic.fileio as fileio
 from openic.artifacts import (
     LoadedModel,
     checkpoint_name,
@@ -356,7 +357,7 @@ def test_checkpoint_survives_a_crash_before_rename(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt("killed between the temp write and the rename")
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    monkeypatch.setattr(fileio.os, "replace", crash)  # atomic_path lives in openic.fileio
     train_steps(model, optimizer)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, model=model, optimizer=optimizer, state={"epoch": 2})

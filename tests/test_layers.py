@@ -11,6 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "openic"
 FORBIDDEN = {
     "recordio": ("torch", "numpy", "openic.images", "openic.data", "openic.train", "openic.cli"),
     "errors": ("torch", "numpy", "openic."),
+    "fileio": ("torch", "numpy", "openic."),
     "hyperparams": ("torch", "numpy", "openic.data", "openic.train", "openic.models", "openic.cli"),
     "images": ("torch", "openic.data", "openic.train", "openic.cli"),
     "lst": ("torch", "openic.train", "openic.cli"),

@@ -31,7 +31,6 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from openic.checkpoint import (
-    atomic_path,
     clean_state_dict,
     load_checkpoint,
     load_state_strict,
@@ -39,6 +38,7 @@ from openic.checkpoint import (
     unwrap_model,
 )
 from openic.errors import ClientError
+from openic.fileio import atomic_path
 from openic.models.resnet import create_model
 
 if TYPE_CHECKING:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from safetensors.torch import save_file as st_save_file
 from torch import Tensor, nn
 
 from openic.errors import AlgorithmError, ClientError
+from openic.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -52,33 +51,6 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if len(set(keys.values())) != len(keys):
         raise AlgorithmError("state dict keys collide after stripping module./_orig_mod. prefixes")
     return {keys[k]: t.detach().to("cpu").contiguous() for k, t in state.items()}
-
-
-@contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success fsync it and rename it over ``dest``, else delete it."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # left by a writer killed mid-write
-        stale.unlink(missing_ok=True)
-    try:  # make the rename itself durable; not every filesystem allows fsync on a directory
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        logger.debug("could not fsync directory %s: %s", dest.parent, e)
 
 
 def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from openic.download import download
 from openic.errors import ClientError, DataError
+from openic.fileio import atomic_write_text
 from openic.im2rec import CLASSES_SUFFIX, PackOptions, list_images, pack_lst
 from openic.images import encode_image
 from openic.lst import write_lst
@@ -171,7 +172,7 @@ def make_digits(
     prefix = out / "digits"
     splits = {"train": entries[:sep], "val": entries[sep:]}
     classes_path = Path(f"{prefix}{CLASSES_SUFFIX}")
-    _write_text_atomic(classes_path, "".join(f"{c}\n" for c in classes))
+    atomic_write_text(classes_path, "".join(f"{c}\n" for c in classes))
     options = PackOptions(progress=progress)  # im2rec's defaults: decode, re-encode JPEG quality 95
     for split, chunk in splits.items():
         lst = Path(f"{prefix}_{split}.lst")
@@ -192,12 +193,6 @@ def make_digits(
     )
     log.info("digits: %d train, %d val images in %s", info.num_train, info.num_val, out)
     return info
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = Path(f"{path}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _url(base: str, name: str) -> str:
@@ -375,7 +370,7 @@ def make_cifar10(
             _write_rec(out / f"cifar10_{split}.rec", images, labels, encoding, progress)
             counts[split] = len(labels)
         val_split = "test"
-    _write_text_atomic(classes_path, "".join(f"{c}\n" for c in classes))
+    atomic_write_text(classes_path, "".join(f"{c}\n" for c in classes))
     info = DatasetInfo(
         name="cifar10",
         root=out,

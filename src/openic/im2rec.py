@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
+from openic.fileio import atomic_write_text
 from openic.images import (
     apply_exif_orientation,
     decode_image,
@@ -244,7 +245,7 @@ def make_list(
     classes_path = None
     if options.recursive:
         classes_path = Path(prefix_s + CLASSES_SUFFIX)
-        _write_text_atomic(classes_path, "".join(f"{name}\n" for name in classes))
+        atomic_write_text(classes_path, "".join(f"{name}\n" for name in classes))
         log.info("wrote %s: %s", classes_path, ", ".join(f"{n}={i}" for i, n in enumerate(classes)))
     return ListResult(tuple(written), len(entries), tuple(classes), classes_path)
 
@@ -253,12 +254,6 @@ def read_classes(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a ``PREFIX_classes.txt`` sidecar: line ``i`` names label ``i``."""
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = Path(f"{path}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- packing

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from openic.errors import DataError
+from openic.fileio import atomic_write_text
 
 _MAX_INDEX = 2**64 - 1  # the IRHeader id is a uint64
 
@@ -129,20 +130,11 @@ def format_lst_line(entry: LstEntry) -> str:
 
 
 def write_lst(path: str | os.PathLike[str], entries: Iterable[LstEntry]) -> None:
-    """Write entries exactly as MXNet's ``im2rec --list`` does; atomically (temp file, then ``os.replace``)."""
+    """Write entries exactly as MXNet's ``im2rec --list`` does, atomically."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {os.fspath(path)}: folder {folder} does not exist")
-    tmp = f"{os.fspath(path)}.partial"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for entry in entries:
-                f.write(format_lst_line(entry))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(format_lst_line(entry) for entry in entries))
 
 
 def resolve_image_path(root: str | os.PathLike[str], rel: str, *, source: str) -> Path:

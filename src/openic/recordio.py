@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from openic.errors import DataError
+from openic.fileio import atomic_write_text
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -158,10 +159,7 @@ def read_index(idx_path: str | os.PathLike[str]) -> dict[int | str, int]:
 
 def write_index(idx_path: str | os.PathLike[str], index: dict[int | str, int]) -> None:
     """Write ``{key: offset}`` as MXNet does (``key\\toffset\\n``), atomically."""
-    tmp = f"{idx_path}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(f"{k}\t{v}\n" for k, v in index.items())
-    os.replace(tmp, idx_path)
+    atomic_write_text(idx_path, "".join(f"{k}\t{v}\n" for k, v in index.items()))
 
 
 def default_idx_path(rec_path: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
 from openic.errors import ClientError
+from openic.fileio import atomic_write_text
 from openic.hyperparams import load_hyperparameters_file
 
 log = logging.getLogger("openic.train")
@@ -97,10 +98,9 @@ def _extra_pairs(tokens: list[str]) -> dict[str, str]:
 
 
 def _write_failure(out_dir: Path, text: str) -> None:
+    """SageMaker's ``/opt/ml/output/failure``: the reason, first line prefixed ClientError/AlgorithmError."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "failure.partial"
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "failure")
+    atomic_write_text(out_dir / "failure", text + "\n")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from openic.errors import DataError
+from openic.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +102,6 @@ def per_epoch(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_csv(records: list[dict[str, Any]], path: Path) -> Path:
     """A spreadsheet view of the records: epoch, step, time, then every metric in order of first appearance."""
     columns = list(_RESERVED)
@@ -124,7 +111,7 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> Path:
     writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
-    _write_atomic(Path(path), buf.getvalue())
+    atomic_write_text(Path(path), buf.getvalue())
     return Path(path)
 
 
@@ -148,12 +135,13 @@ class FileTracker:
             if resume_from_epoch is None:
                 logger.warning("%s exists; starting a new metrics log (pass resume_from_epoch to continue it)",
                                self.path)
-            _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file: io.TextIOWrapper | None = open(self.path, "a", encoding="utf-8")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._params.update(params)
-        _write_atomic(self.dir / PARAMS_JSON, json.dumps(self._params, indent=2, sort_keys=True, default=str) + "\n")
+        text = json.dumps(self._params, indent=2, sort_keys=True, default=str) + "\n"
+        atomic_write_text(self.dir / PARAMS_JSON, text)
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int, epoch: int) -> None:
         if self._file is None:
