@@ -28,6 +28,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from openic.errors import ClientError, DataError
+from openic.hyperparams import resized_hw
 
 ImageFormat = Literal["jpeg", "png", "other"]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -332,5 +333,4 @@ def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     if h == 0 or w == 0:
         raise ClientError(f"cannot resize an empty image of shape {img.shape}")
-    new_h, new_w = (h * size // w, size) if h > w else (size, w * size // h)
-    return resize_bilinear(img, new_h, new_w)
+    return resize_bilinear(img, *resized_hw((h, w), size))

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openic.errors import ClientError
+from openic.hyperparams import resized_hw
 
 FILL_VALUE = 127
 _FLT_EPSILON = 1.1920928955078125e-07  # C's FLT_EPSILON: OpenCV's "grey pixel" threshold in RGB2HLS
@@ -140,9 +141,7 @@ def resize_to(x: Tensor, height: int, width: int) -> Tensor:
 
 def shorter_side_size(height: int, width: int, resize: int) -> tuple[int, int]:
     """MXNet's target size for ``resize``: shorter side = ``resize``, longer side scaled with integer division."""
-    if height > width:
-        return resize * height // width, resize
-    return resize, resize * width // height
+    return resized_hw((height, width), resize)
 
 
 def resize_shorter(x: Tensor, resize: int) -> Tensor:
