@@ -474,3 +474,13 @@ def test_image_shape_too_small_for_the_7x7_stem_is_a_hyperparameter_error():
     with pytest.raises(ClientError, match="image_shape"):
         HyperParameters.from_strings({"num_classes": "2", "num_training_samples": "10", "num_layers": "18",
                                       "image_shape": "3,64,16"})
+
+
+@pytest.mark.slow
+def test_demo_command_builds_digits_and_trains(tmp_path, capsys):
+    """What `make demo` runs, for one epoch: data, training, model and chart."""
+    assert main(["demo", "--dir", str(tmp_path), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Epoch[0] Validation-accuracy=" in out and "model: " in out
+    assert (tmp_path / "model" / "model.tar.gz").is_file() and (tmp_path / "model" / "metrics.png").is_file()
+    assert max(r["validation:accuracy"] for r in _epochs(tmp_path / "model")) > 0.5

@@ -131,42 +131,41 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(raw: dict[str, str], args: argparse.Namespace) -> int:
     from openic.data.sources import Channel
-    from openic.hyperparams import HyperParameters
-    from openic.train.loop import fit
     from openic.train.setup import TrainConfig
 
-    hp = HyperParameters.from_strings(raw)
     channels = {"train": Channel("train", args.train, args.train_lst),
                 "validation": Channel("validation", args.validation, args.validation_lst)}
     if args.model is not None:
         channels["model"] = Channel("model", args.model)
-    options = {"output_dir": args.output_dir, "seed": args.seed, "device": args.device, "resume": args.resume,
-               "progress": args.progress, "pretrained": args.pretrained, "label_format": args.label_format,
-               "label_attribute": args.label_attribute,
-               "threads": args.threads, "precise_bn_batches": args.precise_bn_batches,
-               "cache_mb": args.cache_mb}
-    if args.workers is not None:
-        options["workers"] = args.workers
-    result = fit(hp, channels, TrainConfig(**options))
+    names = ("output_dir", "seed", "device", "resume", "progress", "pretrained", "label_format", "label_attribute",
+             "threads", "precise_bn_batches", "cache_mb", "workers")
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return _fit(raw, channels, TrainConfig(**options))
+
+
+def _fit(raw: dict[str, str], channels: dict, config: object) -> int:
+    from openic.hyperparams import HyperParameters
+    from openic.train.loop import fit
+
+    result = fit(HyperParameters.from_strings(raw), channels, config)  # type: ignore[arg-type]
     print(f"model: {result.model_path}")
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """The workshop flow on the offline digits set: data → RecordIO → ResNet-18 → model.tar.gz + charts."""
+    from openic.data.sources import Channel
     from openic.datasets import make_digits
     from openic.logs import setup_logging
+    from openic.train.setup import TrainConfig
 
     setup_logging()
     info = make_digits(args.dir / "data")
     print(info.summary())
     out = args.dir / "model"
     hp = DEMO_HYPERPARAMETERS | {"epochs": str(args.epochs)}
-    ns = argparse.Namespace(train=info.train_rec, validation=info.val_rec, train_lst=None, validation_lst=None,
-                            model=None, output_dir=out, seed=args.seed, device="auto", resume=False, progress=None,
-                            pretrained=None, label_format="multi-hot", label_attribute=None, threads=None, workers=None,
-                            precise_bn_batches=2, cache_mb=4096)
-    status = _train(hp, ns)
+    channels = {"train": Channel("train", info.train_rec), "validation": Channel("validation", info.val_rec)}
+    status = _fit(hp, channels, TrainConfig(output_dir=out, seed=args.seed, resume=False))
     try:
         from openic.tracking.charts import plot_run
 
