@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -68,37 +68,45 @@ def _parse_line(fields: list[str], where: str) -> LstEntry:
     return LstEntry(index, tuple(labels), path)
 
 
+def text_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 text file (BOM allowed) with 1-based numbers; other bytes are a DataError.
+
+    Shared by ``.lst`` files and augmented manifests, so both number lines the same way in their messages.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+
+
 def read_lst_with_lines(path: str | os.PathLike[str], *, num_classes: int | None = None) -> list[tuple[int, LstEntry]]:
     """Like :func:`read_lst`, with each entry's 1-based line number (for messages about an entry later on)."""
     rows: list[tuple[int, LstEntry]] = []
     seen: dict[int, int] = {}  # index -> line
     width: int | None = None
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                entry = _parse_line([field.strip() for field in line.strip().split("\t")], where)
-                if entry.index in seen:
-                    raise DataError(f"{where}: index {entry.index} already used on line {seen[entry.index]}")
-                seen[entry.index] = lineno
-                if width is None:
-                    width = len(entry.labels)
-                    if num_classes is not None and width != num_classes:
-                        raise DataError(
-                            f"{where}: Mismatch between number of labels in the multi-label data ({width}) and "
-                            f"the num_classes parameter ({num_classes})."
-                        )
-                elif len(entry.labels) != width:
-                    first = rows[0][0]
-                    raise DataError(
-                        f"{where}: {len(entry.labels)} label columns, but line {first} has {width}; every line "
-                        f"needs the same number"
-                    )
-                rows.append((lineno, entry))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    for lineno, line in text_lines(path):
+        where = f"{path}:{lineno}"
+        entry = _parse_line([field.strip() for field in line.strip().split("\t")], where)
+        if entry.index in seen:
+            raise DataError(f"{where}: index {entry.index} already used on line {seen[entry.index]}")
+        seen[entry.index] = lineno
+        if width is None:
+            width = len(entry.labels)
+            if num_classes is not None and width != num_classes:
+                raise DataError(
+                    f"{where}: Mismatch between number of labels in the multi-label data ({width}) and "
+                    f"the num_classes parameter ({num_classes})."
+                )
+        elif len(entry.labels) != width:
+            first = rows[0][0]
+            raise DataError(
+                f"{where}: {len(entry.labels)} label columns, but line {first} has {width}; every line "
+                f"needs the same number"
+            )
+        rows.append((lineno, entry))
     if not rows:
         raise DataError(f"{path}: the list file has no entries (expected lines 'index<TAB>label<TAB>path')")
     return rows

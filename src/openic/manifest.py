@@ -23,7 +23,7 @@ import os
 from typing import Any, NamedTuple
 
 from openic.errors import ClientError, DataError
-from openic.lst import parse_number
+from openic.lst import parse_number, text_lines
 
 LABEL_FORMATS = ("multi-hot", "class-id")
 SOURCE_REF = "source-ref"
@@ -160,25 +160,19 @@ def read_manifest_with_lines(
     entries: list[ManifestEntry] = []
     lines: list[int] = []
     attr = label_attribute
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                obj = _load_object(line, where)
-                if attr is None:
-                    attr = _detect_attribute(obj, where)
-                entry = _entry(obj, where, attr, label_format, num_classes)
-                if entries and len(entry.labels) != len(entries[0].labels):
-                    raise DataError(
-                        f"{where}: {len(entry.labels)} labels, but the first entry has {len(entries[0].labels)}; "
-                        f"every line needs the same number"
-                    )
-                entries.append(entry)
-                lines.append(lineno)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    for lineno, line in text_lines(path):
+        where = f"{path}:{lineno}"
+        obj = _load_object(line, where)
+        if attr is None:
+            attr = _detect_attribute(obj, where)
+        entry = _entry(obj, where, attr, label_format, num_classes)
+        if entries and len(entry.labels) != len(entries[0].labels):
+            raise DataError(
+                f"{where}: {len(entry.labels)} labels, but the first entry has {len(entries[0].labels)}; "
+                f"every line needs the same number"
+            )
+        entries.append(entry)
+        lines.append(lineno)
     if not entries:
         raise DataError(f"{path}: the manifest has no entries (expected one JSON object per line)")
     return list(zip(lines, entries, strict=True))
