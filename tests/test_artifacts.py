@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _shared import FIXTURES
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 
@@ -32,7 +33,6 @@ from openic.errors import ClientError
 from openic.hyperparams import HyperParameters
 from openic.models.resnet import create_model
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SHAPE = (3, 16, 16)
 CLASSES = ["cat", "dog", "fish", "owl"]
 

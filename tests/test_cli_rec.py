@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from _shared import EXPECTED, FIXTURES, needs_fixtures
 
 from openic.cli import main
 from openic.recordio import RecordWriter
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXPECTED = FIXTURES / "expected.json"
-needs_fixtures = pytest.mark.skipif(not EXPECTED.is_file(), reason=f"MXNet fixtures not found at {FIXTURES}")
 
 COMPARED = ("key", "offset", "parts", "rec_len", "flag", "label", "id", "id2", "payload_len", "payload_md5", "format")
 DECODED = ("shape", "sum", "csum", "pix_md5")

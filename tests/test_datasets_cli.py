@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import FIXTURES, needs_fixtures
 
 import openic.cli
 from openic.datasets import CIFAR10_MD5, CIFAR10_TARBALL, digits_image, make_cifar10, make_digits
@@ -24,8 +25,6 @@ from openic.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "rec" / "digits_train.rec").is_file(), reason="no fixtures")
 
 
 def cli(argv, monkeypatch):

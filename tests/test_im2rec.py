@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import FIXTURES, needs_fixtures
 from PIL import Image
 
 import openic.cli
@@ -25,9 +26,6 @@ from openic.im2rec import (
 )
 from openic.lst import LstEntry, read_lst, write_lst
 from openic.recordio import RecordReader, unpack
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "expected.json").is_file(), reason="shared fixtures absent")
 
 
 @pytest.fixture

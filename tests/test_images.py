@@ -13,10 +13,10 @@ import io
 import json
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import EXPECTED, FIXTURES, needs_fixtures
 from PIL import Image, ImageOps
 
 from openic.errors import ClientError, DataError
@@ -30,10 +30,6 @@ from openic.images import (
     resize_shorter,
 )
 from openic.recordio import RecordReader, unpack
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXPECTED = FIXTURES / "expected.json"
-needs_fixtures = pytest.mark.skipif(not EXPECTED.is_file(), reason=f"MXNet fixtures not found at {FIXTURES}")
 
 
 def md5(data: bytes) -> str:

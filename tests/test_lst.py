@@ -3,15 +3,12 @@
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import pytest
+from _shared import FIXTURES, needs_fixtures
 
 from openic.errors import DataError
 from openic.lst import LstEntry, read_lst, read_lst_with_lines, resolve_image_path, write_lst
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "expected.json").is_file(), reason="shared fixtures absent")
 
 
 def _expected_lsts():

@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from _shared import EXPECTED, FIXTURES, needs_fixtures
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,10 +25,6 @@ from openic.recordio import (
     split_record,
     unpack,
 )
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXPECTED = FIXTURES / "expected.json"
-needs_fixtures = pytest.mark.skipif(not EXPECTED.is_file(), reason=f"MXNet fixtures not found at {FIXTURES}")
 
 
 def _expected_recs() -> list[dict]:

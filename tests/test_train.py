@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import FIXTURES, needs_fixtures
 
 from openic.cli import main
 from openic.hyperparams import HyperParameters
@@ -19,8 +20,7 @@ from openic.recordio import RecordReader, RecordWriter
 from openic.train.optim import learning_rate_at, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-pytestmark = pytest.mark.skipif(not (FIXTURES / "rec" / "digits_train.rec").is_file(), reason="fixtures absent")
+pytestmark = needs_fixtures
 
 BASE = ["--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "10", "--mini_batch_size", "32",
         "--learning_rate", "0.1", "--epochs", "1"]

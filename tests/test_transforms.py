@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _shared import FIXTURES
 from PIL import Image
 
 from openic.data.transforms import (
@@ -30,7 +30,6 @@ from openic.data.transforms import (
 from openic.errors import ClientError
 from openic.recordio import RecordReader, unpack
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 ALL_TYPES = [None, *AUGMENTATION_TYPES]
 
 
