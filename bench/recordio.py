@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from mxnet_env import ensure_mxnet_venv, mxnet_im2rec_script  # noqa: E402
 
-from openic.images import decode_image, encode_image  # noqa: E402
-from openic.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack  # noqa: E402
+from openic.formats.images import decode_image, encode_image  # noqa: E402
+from openic.formats.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack  # noqa: E402
 
 WORK = REPO / "bench" / ".work"
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -195,7 +195,7 @@ def im2rec_compare(mxpy: Path, root: Path, name: str, repeats: int = 2) -> dict[
         _timed_in_process(str(mxpy), mx_setup, f"runpy.run_path({mx_script!r}, run_name='__main__')")
         for _ in range(repeats)
     )
-    oi_setup = "from openic.cli import main\nimport openic.im2rec"
+    oi_setup = "from openic.cli import main\nimport openic.prep.im2rec"
     t_oi = min(_timed_in_process(sys.executable, oi_setup, f"main({oi_argv!r})") for _ in range(repeats))
     start_mx = min(_run([str(mxpy), "-c", "import mxnet, cv2"]) for _ in range(repeats))
     start_oi = min(_run([sys.executable, "-m", "openic", "im2rec", "--help"]) for _ in range(repeats))

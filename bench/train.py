@@ -42,7 +42,7 @@ def _data(args: argparse.Namespace) -> tuple[Path, Path, int]:
     fixtures = ROOT.parent / "shared" / "fixtures" / "rec"
     train, val = Path(args.train or fixtures / "digits_train.rec"), Path(args.validation or fixtures / "digits_val.rec")
     sys.path.insert(0, str(ROOT / "src"))
-    from openic.recordio import RecordReader
+    from openic.formats.recordio import RecordReader
 
     with RecordReader(train, use_index=False) as reader:  # counts by a scan: no .idx needed
         count = len(reader)

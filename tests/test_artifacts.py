@@ -16,8 +16,8 @@ from _shared import FIXTURES
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 
-import openic.artifacts as artifacts
-import openic.checkpoint as checkpoint
+import openic.artifacts.model as artifacts
+import openic.artifacts.resume as checkpoint
 import openic.fileio as fileio
 from openic.artifacts import (
     LoadedModel,
@@ -372,7 +372,7 @@ def test_checkpoint_survives_a_crash_before_rename(tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import os, signal, sys, torch
-import openic.checkpoint as c
+import openic.artifacts.resume as c
 from safetensors.torch import save
 
 model = torch.nn.Linear(256, 256)
@@ -395,7 +395,7 @@ c.save_checkpoint(sys.argv[1], model=model, optimizer=opt, state={"i": 1})
 
 def test_checkpoint_survives_kill_9_mid_write(tmp_path):
     path = tmp_path / "last"
-    env = {**os.environ, "PYTHONPATH": str(Path(artifacts.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(artifacts.__file__).parents[2])}
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(path)], env=env, capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert any(p.name.startswith(".last.tmp-") for p in tmp_path.iterdir())  # the torn write is there...

@@ -8,7 +8,7 @@ import pytest
 from _shared import EXPECTED, FIXTURES, needs_fixtures
 
 from openic.cli import main
-from openic.recordio import RecordWriter
+from openic.formats.recordio import RecordWriter
 
 COMPARED = ("key", "offset", "parts", "rec_len", "flag", "label", "id", "id2", "payload_len", "payload_md5", "format")
 DECODED = ("shape", "sum", "csum", "pix_md5")

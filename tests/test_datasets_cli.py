@@ -17,11 +17,11 @@ import pytest
 from _shared import FIXTURES, needs_fixtures
 
 import openic.cli
-from openic.datasets import CIFAR10_MD5, CIFAR10_TARBALL, digits_image, make_cifar10, make_digits
 from openic.errors import ClientError, DataError
-from openic.images import decode_image, encode_image
-from openic.lst import read_lst
-from openic.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
+from openic.formats.images import decode_image, encode_image
+from openic.formats.lst import read_lst
+from openic.formats.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
+from openic.prep.samples import CIFAR10_MD5, CIFAR10_TARBALL, digits_image, make_cifar10, make_digits
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 import openic.cli
 from openic.errors import ClientError, DataError
-from openic.im2rec import (
+from openic.formats.lst import LstEntry, read_lst, write_lst
+from openic.formats.recordio import RecordReader, unpack
+from openic.prep.im2rec import (
     ListOptions,
     PackOptions,
     find_lst_files,
@@ -24,8 +26,6 @@ from openic.im2rec import (
     pack_prefix,
     read_classes,
 )
-from openic.lst import LstEntry, read_lst, write_lst
-from openic.recordio import RecordReader, unpack
 
 
 @pytest.fixture
@@ -381,7 +381,7 @@ def test_exif_rotated_photo_is_packed_upright_like_cv2_imread(tmp_path):
     lst = tmp_path / "x.lst"
     write_lst(lst, [LstEntry(0, (0.0,), "a.jpg")])
     pack_lst(lst, root, tmp_path / "x", PackOptions())
-    from openic.images import decode_image
+    from openic.formats.images import decode_image
 
     (_, _, payload), = _records(tmp_path / "x.rec")
     assert decode_image(payload).shape == (64, 40, 3)

@@ -20,7 +20,7 @@ from _shared import EXPECTED, FIXTURES, needs_fixtures
 from PIL import Image, ImageOps
 
 from openic.errors import ClientError, DataError
-from openic.images import (
+from openic.formats.images import (
     apply_exif_orientation,
     decode_image,
     encode_image,
@@ -29,7 +29,7 @@ from openic.images import (
     resize_bilinear,
     resize_shorter,
 )
-from openic.recordio import RecordReader, unpack
+from openic.formats.recordio import RecordReader, unpack
 
 
 def md5(data: bytes) -> str:

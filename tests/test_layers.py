@@ -1,4 +1,7 @@
-"""Dependency direction (design.md §4): lower layers never import higher ones; the file formats know no torch."""
+"""Dependency direction (design.md §4): every module has a layer number and imports only its layer or lower ones.
+
+The table is the layout: a new package needs a row, and an upward import fails with the module and the name.
+"""
 
 import ast
 from pathlib import Path
@@ -7,32 +10,28 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "openic"
 
-# module (relative dotted name, prefix match) → imports it must never make (prefix match)
-FORBIDDEN = {
-    "recordio": ("torch", "numpy", "openic.images", "openic.data", "openic.train", "openic.cli"),
-    "errors": ("torch", "numpy", "openic."),
-    "fileio": ("torch", "numpy", "openic."),
-    "hyperparams": ("torch", "numpy", "openic.data", "openic.train", "openic.models", "openic.cli"),
-    "images": ("torch", "openic.data", "openic.train", "openic.cli"),
-    "lst": ("torch", "openic.train", "openic.cli"),
-    "manifest": ("torch", "openic.train", "openic.cli"),
-    "inspect": ("torch", "openic.train", "openic.cli"),
-    "im2rec": ("torch", "openic.train", "openic.data", "openic.cli"),
-    "datasets": ("torch", "openic.train", "openic.data", "openic.cli"),
-    "download": ("torch", "openic.train", "openic.cli"),
-    "models": ("openic.data", "openic.train", "openic.artifacts", "openic.tracking", "openic.cli"),
-    "checkpoint": ("openic.data", "openic.train", "openic.models", "openic.cli"),
-    "tracking": ("torch", "openic.data", "openic.train", "openic.models", "openic.cli"),
-    "artifacts": ("openic.train", "openic.data", "openic.tracking", "openic.cli"),
-    "data": ("openic.train", "openic.artifacts", "openic.tracking", "openic.cli"),
-    "serving": ("openic.train", "openic.cli"),
-    "train": ("openic.cli", "openic.serving"),
+# package or module (dotted, relative to openic; the longest matching prefix wins) → layer
+LAYERS = {
+    "": 0,  # openic/__init__.py: __version__ and lazy re-exports by name only
+    "errors": 0, "fileio": 0, "logs": 0,
+    "hyperparams": 1, "models.depths": 1, "formats": 1,
+    "prep": 2, "models": 2, "tracking": 2,
+    "artifacts": 3, "data": 3,
+    "train": 4, "serving": 4,
+    "sdk": 5,
+    "cli": 6, "__main__": 6,
 }
+# third-party imports a layer must not make (the file formats and the schema stay light and torch-free)
+NO_TORCH = ("errors", "fileio", "logs", "hyperparams", "models.depths", "formats", "prep")
+FORBIDDEN_THIRD_PARTY = {**{m: ("torch",) for m in NO_TORCH}, "formats.recordio": ("torch", "numpy")}
+# same-layer imports that are still wrong: serving never imports training or tracking
+FORBIDDEN_SIDEWAYS = {"serving": ("train", "tracking")}
 
 
 def _modules():
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG).with_suffix("").as_posix().replace("/", ".")
+        rel = rel.removesuffix("__init__").rstrip(".")
         yield rel, path
 
 
@@ -41,32 +40,50 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import (use absolute openic.… imports)"
             names.add(node.module)
             names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
 def _matches(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix if prefix.endswith(".") else prefix + ".")
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+def _lookup(table: dict, rel: str):
+    best = max((p for p in table if _matches(rel, p)), key=len, default=None)
+    return None if best is None else table[best]
+
+
+def _internal(name: str) -> str | None:
+    if name == "openic":
+        return ""
+    return name[len("openic."):] if name.startswith("openic.") else None
 
 
 @pytest.mark.parametrize("rel,path", list(_modules()), ids=lambda v: str(v))
-def test_module_respects_layers(rel, path):
-    rules = [bad for layer, bad in FORBIDDEN.items() if rel == layer or rel.startswith(layer + ".")]
-    imported = _imports(path)
-    offending = sorted({name for bad in rules for prefix in bad for name in imported if _matches(name, prefix)})
-    assert not offending, f"openic.{rel} imports {offending}"
-
-
-def test_nothing_outside_cli_imports_cli():
-    for rel, path in _modules():
-        if rel.startswith("cli") or rel == "__main__":
+def test_module_imports_only_its_layer_or_lower(rel, path):
+    layer = _lookup(LAYERS, rel)
+    assert layer is not None, f"openic.{rel} has no row in LAYERS"
+    upward, banned = [], []
+    for name in sorted(_imports(path)):
+        target = _internal(name)
+        if target is None:
+            if any(_matches(name, bad) for bad in _lookup(FORBIDDEN_THIRD_PARTY, rel) or ()):
+                banned.append(name)
             continue
-        assert not any(_matches(n, "openic.cli") for n in _imports(path)), rel
+        target_layer = _lookup(LAYERS, target)
+        if target_layer > layer or any(_matches(target, bad) for bad in _lookup(FORBIDDEN_SIDEWAYS, rel) or ()):
+            upward.append(f"{name} (layer {target_layer})")
+    assert not upward, f"openic.{rel} (layer {layer}) imports {upward}"
+    assert not banned, f"openic.{rel} must not import {banned}"
 
 
-def test_every_module_is_known_to_the_layer_table():
-    for rel, _ in _modules():
-        top = rel.split(".")[0]
-        assert top in FORBIDDEN or top in ("__init__", "__main__", "cli", "logs"), f"add openic.{rel} to FORBIDDEN"
+def test_the_rules_catch_an_upward_import(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from openic.train.loop import fit\nimport torch\n")
+    names = _imports(bad)
+    assert _lookup(LAYERS, _internal("openic.train.loop.fit")) == 4 > _lookup(LAYERS, "formats.recordio")
+    assert "torch" in names and _lookup(FORBIDDEN_THIRD_PARTY, "formats.lst") == ("torch",)
+    assert _lookup(LAYERS, "models.depths") == 1 and _lookup(LAYERS, "models.resnet") == 2

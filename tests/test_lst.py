@@ -8,7 +8,7 @@ import pytest
 from _shared import FIXTURES, needs_fixtures
 
 from openic.errors import DataError
-from openic.lst import LstEntry, read_lst, read_lst_with_lines, resolve_image_path, write_lst
+from openic.formats.lst import LstEntry, read_lst, read_lst_with_lines, resolve_image_path, write_lst
 
 
 def _expected_lsts():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from openic.errors import ClientError, DataError
-from openic.manifest import ManifestEntry, parse_label_format, read_manifest
+from openic.formats.manifest import ManifestEntry, parse_label_format, read_manifest
 
 
 def _write(tmp_path, rows, name="m.manifest"):

@@ -12,7 +12,7 @@ def test_every_public_name_resolves():
 
 
 def test_import_openic_and_recordio_do_not_import_torch():
-    code = "import sys, openic, openic.recordio, openic.lst; print('torch' in sys.modules)"
+    code = "import sys, openic, openic.formats.recordio, openic.formats.lst; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openic.errors import ClientError, DataError
-from openic.inspect import index_records, inspect_records
-from openic.recordio import (
+from openic.formats.rec_inspect import index_records, inspect_records
+from openic.formats.recordio import (
     MAGIC,
     MAGIC_BYTES,
     IRHeader,
@@ -336,7 +336,7 @@ def test_unpack_rejects_short_and_overlong_headers():
 
 def test_truncated_inside_padding_is_an_error(tmp_path):
     """MXNet's reader rejects a file that ends inside a record's zero padding; so does openic."""
-    from openic.recordio import RecordWriter
+    from openic.formats.recordio import RecordWriter
 
     with RecordWriter(tmp_path / "a.rec") as w:
         w.write(b"12345")  # 5 bytes + 3 padding
@@ -347,7 +347,7 @@ def test_truncated_inside_padding_is_an_error(tmp_path):
 
 
 def test_idx_that_is_not_text_is_a_data_error(tmp_path):
-    from openic.recordio import RecordWriter
+    from openic.formats.recordio import RecordWriter
 
     with RecordWriter(tmp_path / "a.rec") as w:
         w.write(b"1234")

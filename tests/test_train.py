@@ -15,8 +15,8 @@ import torch
 from _shared import FIXTURES, needs_fixtures
 
 from openic.cli import main
+from openic.formats.recordio import RecordReader, RecordWriter
 from openic.hyperparams import HyperParameters
-from openic.recordio import RecordReader, RecordWriter
 from openic.train.optim import learning_rate_at, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ LST_HP = ["--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "2"
 
 
 def test_lst_channels_with_mixed_sizes_stream_through_workers(tmp_path, capsys):
-    from openic.lst import LstEntry, write_lst
+    from openic.formats.lst import LstEntry, write_lst
 
     root = tmp_path / "images"
     items = _image_folder(root, 24)
@@ -301,7 +301,7 @@ def test_lst_channels_with_mixed_sizes_stream_through_workers(tmp_path, capsys):
 
 
 def test_lst_with_missing_image_names_file_and_line(tmp_path):
-    from openic.lst import LstEntry, write_lst
+    from openic.formats.lst import LstEntry, write_lst
 
     root = tmp_path / "images"
     items = _image_folder(root, 8, sizes=((32, 32),))
@@ -386,7 +386,7 @@ def test_cli_os_errors_are_one_line(tmp_path, capsys):
 
 def test_streamed_bad_record_is_one_clean_client_error(tmp_path, small):
     bad = tmp_path / "bad.rec"
-    from openic.recordio import IRHeader, pack
+    from openic.formats.recordio import IRHeader, pack
 
     with RecordReader(small["train"]) as reader, RecordWriter(bad, bad.with_suffix(".idx")) as writer:
         for i, (record, _) in enumerate(reader.scan()):
@@ -426,7 +426,7 @@ def test_bad_run_options_are_client_errors(tmp_path, small, flag):
 def test_streamed_image_smaller_than_crop_names_the_file(tmp_path):
     from PIL import Image
 
-    from openic.lst import LstEntry, write_lst
+    from openic.formats.lst import LstEntry, write_lst
 
     root = tmp_path / "images"
     items = _image_folder(root, 8, sizes=((36, 40), (40, 36)))

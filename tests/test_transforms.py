@@ -28,7 +28,7 @@ from openic.data.transforms import (
     warp_crop,
 )
 from openic.errors import ClientError
-from openic.recordio import RecordReader, unpack
+from openic.formats.recordio import RecordReader, unpack
 
 ALL_TYPES = [None, *AUGMENTATION_TYPES]
 

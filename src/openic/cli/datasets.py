@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from openic.datasets import CIFAR10_MXNET_URL, CIFAR10_SOURCES, CIFAR10_URL, make_cifar10, make_digits
 from openic.logs import setup_logging
+from openic.prep.samples import CIFAR10_MXNET_URL, CIFAR10_SOURCES, CIFAR10_URL, make_cifar10, make_digits
 
 
 def register(sub: argparse._SubParsersAction) -> None:

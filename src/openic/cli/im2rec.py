@@ -16,8 +16,8 @@ import argparse
 import logging
 import sys
 
-from openic.im2rec import DEFAULT_EXTS, ListOptions, PackOptions, make_list, pack_prefix
 from openic.logs import setup_logging
+from openic.prep.im2rec import DEFAULT_EXTS, ListOptions, PackOptions, make_list, pack_prefix
 
 
 def _bool(text: str) -> bool:

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from openic.inspect import index_records, inspect_records
+from openic.formats.rec_inspect import index_records, inspect_records
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -155,8 +155,8 @@ def _fit(raw: dict[str, str], channels: dict, config: object) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """The workshop flow on the offline digits set: data → RecordIO → ResNet-18 → model.tar.gz + charts."""
     from openic.data.sources import Channel
-    from openic.datasets import make_digits
     from openic.logs import setup_logging
+    from openic.prep.samples import make_digits
     from openic.train.setup import TrainConfig
 
     setup_logging()

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from openic.data.sources import Source
 from openic.data.transforms import Augmenter, resize_shorter
 from openic.errors import ClientError, DataError
-from openic.images import decode_image
+from openic.formats.images import decode_image
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from openic.errors import ClientError, DataError
-from openic.lst import read_lst_with_lines, resolve_image_path
-from openic.manifest import read_manifest_with_lines
-from openic.recordio import IRHeader, RecordReader, unpack
+from openic.formats.lst import read_lst_with_lines, resolve_image_path
+from openic.formats.manifest import read_manifest_with_lines
+from openic.formats.recordio import IRHeader, RecordReader, unpack
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def find_class_names(channel: Channel, num_classes: int) -> list[str] | None:
     For ``X_train.rec`` (or ``X_train.lst``) this is ``X_classes.txt`` beside it; for a folder, its only
     ``*_classes.txt``. A file whose line count is not ``num_classes`` is ignored with a warning.
     """
-    from openic.im2rec import CLASSES_SUFFIX, read_classes
+    from openic.prep.im2rec import CLASSES_SUFFIX, read_classes
 
     candidates: list[Path] = []
     for path in (channel.lst, channel.path):

@@ -23,8 +23,8 @@ from openic.data.transforms import to_float_input
 from openic.hyperparams import HyperParameters
 from openic.tracking import FileTracker, Tracker
 from openic.train import optim
-from openic.train.checkpoint import Checkpointer, RunState
 from openic.train.metrics import Accuracy, LossFn, make_loss
+from openic.train.run_state import Checkpointer, RunState
 from openic.train.setup import (
     DataBundle,
     TrainConfig,

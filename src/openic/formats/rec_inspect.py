@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openic.errors import ClientError, DataError
-from openic.images import decode_image, image_format
-from openic.recordio import IR_HEADER_SIZE, RecordReader, default_idx_path, unpack, write_index
+from openic.formats.images import decode_image, image_format
+from openic.formats.recordio import IR_HEADER_SIZE, RecordReader, default_idx_path, unpack, write_index
 
 
 def inspect_records(

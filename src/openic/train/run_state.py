@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from openic.artifacts import checkpoint_name, save_model
-from openic.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint, unwrap_model
+from openic.artifacts.resume import clean_state_dict, load_checkpoint, save_checkpoint, unwrap_model
 from openic.errors import ClientError
 from openic.fileio import atomic_path
 from openic.hyperparams import HyperParameters

@@ -12,7 +12,7 @@ Label values accepted (``label_format`` comes from the channel's content type, s
 * ``class-id`` (Ground Truth's multi-label output): class ids as a list or JSON string (``"[0, 2]"``), or one
   id; ``num_classes`` is required and the result is the multi-hot vector of ``num_classes`` columns.
 
-Labels come back as float tuples, like :class:`openic.lst.LstEntry`. Errors name the file and line.
+Labels come back as float tuples, like :class:`openic.formats.lst.LstEntry`. Errors name the file and line.
 No torch, no numpy.
 """
 
@@ -23,7 +23,7 @@ import os
 from typing import Any, NamedTuple
 
 from openic.errors import ClientError, DataError
-from openic.lst import parse_number, text_lines
+from openic.formats.lst import parse_number, text_lines
 
 LABEL_FORMATS = ("multi-hot", "class-id")
 SOURCE_REF = "source-ref"

@@ -3,7 +3,7 @@
 ``model.tar.gz`` keeps SageMaker's outline (``model-shapes.json`` at the root, per-epoch checkpoints named
 ``image-classification-%04d``) but stores safetensors weights and a ``metadata.json`` that says how to rebuild the
 network, so :func:`load_model` needs nothing else and no loader strips ``module.``/``_orig_mod.``.
-Training checkpoints for resume live in :mod:`openic.checkpoint` and are re-exported here.
+Training checkpoints for resume live in :mod:`openic.artifacts.resume` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,13 +29,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from openic.checkpoint import (
-    clean_state_dict,
-    load_checkpoint,
-    load_state_strict,
-    save_checkpoint,
-    unwrap_model,
-)
+from openic import __version__
+from openic.artifacts.state_dict import clean_state_dict, load_state_strict, unwrap_model
 from openic.errors import ClientError
 from openic.fileio import atomic_path
 from openic.models.resnet import create_model
@@ -60,8 +54,6 @@ INPUT_SPEC: dict[str, Any] = {
     "layout": "NCHW", "channel_order": "RGB", "dtype": "float32", "value_range": [0, 255], "mean": None,
     "std": None, "note": "raw 0..255 pixels, no external mean/std: the network's first layer bn_data normalises",
 }
-__all__ = ["LoadedModel", "checkpoint_name", "load_checkpoint", "load_model", "read_model_metadata", "safe_extract",
-           "save_checkpoint", "save_model", "unwrap_model"]
 
 
 @dataclass
@@ -149,7 +141,7 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: i
     checkpoints = dict(checkpoints or {})
     metadata = {
         "format": "openic-model", "format_version": FORMAT_VERSION,
-        "openic_version": sys.modules[__package__].__version__,  # the parent package is always imported first
+        "openic_version": __version__,
         "torch_version": torch.__version__, "git_sha": _git_sha(), "num_layers": int(hp.num_layers),
         "num_classes": num_classes, "image_shape": [c, h, w], "epoch": int(epoch), "metrics": _finite_or_none(metrics),
         "input": INPUT_SPEC, "weights": WEIGHTS,

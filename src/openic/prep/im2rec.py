@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
 from openic.fileio import atomic_write_text
-from openic.images import (
+from openic.formats.images import (
     apply_exif_orientation,
     decode_image,
     encode_image,
@@ -58,8 +58,8 @@ from openic.images import (
     image_format,
     resize_shorter,
 )
-from openic.lst import LstEntry, read_lst_with_lines, resolve_image_path, write_lst
-from openic.recordio import IRHeader, RecordWriter, pack
+from openic.formats.lst import LstEntry, read_lst_with_lines, resolve_image_path, write_lst
+from openic.formats.recordio import IRHeader, RecordWriter, pack
 
 log = logging.getLogger(__name__)
 

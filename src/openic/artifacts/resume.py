@@ -1,4 +1,4 @@
-"""Training checkpoints for resume, and the state-dict helpers model artifacts share with them.
+"""Training checkpoints for resume (``checkpoints/last``): one safetensors file, nothing pickled.
 
 A checkpoint is one safetensors file: every tensor (model, optimizer state, RNG states, tensors in the loop's
 ``state``) is a safetensors entry, and everything else is JSON in the header metadata, so nothing is pickled and
@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file as st_save_file
 from torch import Tensor, nn
 
+from openic.artifacts.state_dict import clean_state_dict, load_state_strict, unwrap_model
 from openic.errors import AlgorithmError, ClientError
 from openic.fileio import atomic_path
 
@@ -30,42 +31,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT_VERSION = 1
 _CKPT_KEY = "openic_checkpoint"
 _TAG = "__openic__"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel/DataParallel and ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strip ``_orig_mod.`` (torch.compile) and leading ``module.`` (DDP) from keys; CPU, contiguous tensors."""
-    keys = {k: ".".join(p for p in k.split(".") if p != "_orig_mod") for k in state}
-    while keys and all(v.startswith("module.") for v in keys.values()):
-        keys = {k: v[len("module."):] for k, v in keys.items()}
-    if len(set(keys.values())) != len(keys):
-        raise AlgorithmError("state dict keys collide after stripping module./_orig_mod. prefixes")
-    return {keys[k]: t.detach().to("cpu").contiguous() for k, t in state.items()}
-
-
-def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` whose error names the file and the missing/unexpected/mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-              if own[k].shape != state[k].shape]
-    problems = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                if keys]
-    if problems:
-        raise ClientError(f"{source}: weights do not fit the model: {'; '.join(problems)}")
-    model.load_state_dict(state, strict=True)
 
 
 class _Encoder:

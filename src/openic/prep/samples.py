@@ -2,7 +2,7 @@
 
 * :func:`make_digits` renders the 1,797 8x8 digits as 32x32 RGB images into ``DIR/images/<class>/<NNNN>.jpg``
   exactly as the MXNet fixtures were made, lists them with MXNet's shuffle and split, and packs the lists
-  with :mod:`openic.im2rec` (JPEG quality 95), so with the default seed the outputs equal MXNet's own.
+  with :mod:`openic.prep.im2rec` (JPEG quality 95), so with the default seed the outputs equal MXNet's own.
 * :func:`make_cifar10` downloads the Toronto python tarball (md5-checked) and converts it, or fetches the two
   ``.rec`` files MXNet publishes (the SageMaker workshop's data) and checks them by reading every record.
 
@@ -28,13 +28,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from openic.download import download
 from openic.errors import ClientError, DataError
 from openic.fileio import atomic_write_text
-from openic.im2rec import CLASSES_SUFFIX, PackOptions, list_images, pack_lst
-from openic.images import encode_image
-from openic.lst import write_lst
-from openic.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
+from openic.formats.images import encode_image
+from openic.formats.lst import write_lst
+from openic.formats.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
+from openic.prep.download import download
+from openic.prep.im2rec import CLASSES_SUFFIX, PackOptions, list_images, pack_lst
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Torch-free MXNet-compatible file formats: RecordIO, .lst, manifests, images, tar safety."""
