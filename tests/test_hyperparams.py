@@ -14,15 +14,11 @@ from hypothesis import strategies as st
 
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
 from openic.errors import ClientError
-from openic.hyperparams import (
-    CIFAR_DEPTHS,
-    IMAGENET_DEPTHS,
-    HyperParameterError,
-    HyperParameters,
-    cross_check,
-    load_hyperparameters_file,
-    resized_hw,
-)
+from openic.formats.images import resized_hw
+from openic.hyperparams import HyperParameterError, HyperParameters, load_hyperparameters_file
+from openic.models.depths import DEPTHS
+from openic.train.data_checks import cross_check
+from openic.train.sagemaker_log import parameter_block
 
 BASE = {"num_classes": "10", "num_training_samples": "100"}
 
@@ -83,7 +79,7 @@ VALID = [
     ("lr_scheduler_step", None, ()),
     ("mini_batch_size", "8", 8), ("momentum", "0", 0.0), ("momentum", "0.99", 0.99),
     ("multi_label", "1", 1), ("multi_label", "0", 0), ("multi_label", 1, 1),
-    *[("num_layers", str(d), d) for d in IMAGENET_DEPTHS + CIFAR_DEPTHS],
+    *[("num_layers", str(d), d) for d in tuple(DEPTHS)],
     *[("optimizer", o, o) for o in ("sgd", "adam", "rmsprop", "nag")],
     ("precision_dtype", "float32", "float32"), ("precision_dtype", "float16", "float16"),
     ("resize", "256", 256), ("resize", "224", 224),
@@ -282,19 +278,19 @@ def test_specs_describe_every_field():
     assert by_name["image_shape"].default == "3,224,224" and by_name["image_shape"].kind == "C,H,W"
     assert by_name["momentum"].default == "0.9" and by_name["eps"].default == "1e-08"
     assert by_name["top_k"].default is None and by_name["top_k"].default_text == "unset"
-    assert by_name["num_layers"].choices == tuple(str(d) for d in IMAGENET_DEPTHS + CIFAR_DEPTHS)
+    assert by_name["num_layers"].choices == tuple(str(d) for d in tuple(DEPTHS))
     assert by_name["model_prefix"].default_text == "''"
     assert all(s.help and s.expects for s in specs)
 
 
 def test_format_log_block():
-    lines = parse(num_layers="18", top_k="2", image_shape="3,32,32").format_log_block()
+    lines = parameter_block(parse(num_layers="18", top_k="2", image_shape="3,32,32"))
     assert lines[0] == "---- Parameters ----" and lines[-1] == "--------------------"
     assert lines[1:4] == ["num_layers: 18", "data type: <type 'numpy.float32'>", "epochs: 30"]
     for line in ("kv_store: device", "top_k: 2", "augmentation_type: None", "momentum: 0.9", "image_shape: 3,32,32",
                  "checkpoint_frequency not set, will store the best model"):
         assert line in lines
-    assert "checkpoint_frequency: 5" in parse(checkpoint_frequency="5").format_log_block()
+    assert "checkpoint_frequency: 5" in parameter_block(parse(checkpoint_frequency="5"))
 
 
 def test_cross_check_messages():

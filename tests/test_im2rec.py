@@ -14,7 +14,7 @@ from PIL import Image
 
 import openic.cli
 from openic.errors import ClientError, DataError
-from openic.formats.lst import LstEntry, read_lst, write_lst
+from openic.formats.lst import LstEntry, read_classes, read_lst, write_lst
 from openic.formats.recordio import RecordReader, unpack
 from openic.prep.im2rec import (
     ListOptions,
@@ -24,7 +24,6 @@ from openic.prep.im2rec import (
     make_list,
     pack_lst,
     pack_prefix,
-    read_classes,
 )
 
 

@@ -32,19 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from openic.errors import ClientError
+from openic.models.depths import DEPTHS, imagenet_depths, min_image_side
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152, 200)  # 4-stage ResNets, pretrained weights exist
-CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # 3-stage ResNets for small images
-SMALL_STEM_MAX_HEIGHT = 32  # MXNet: a 3x3/1 stem when height <= 32, else 7x7/2 conv + 3x3/2 max-pool (stride 4)
-
-
-def min_image_side(num_layers: int, height: int) -> int:
-    """Smallest H and W for ``num_layers`` at this height: the network's total stride (4 or 3 stages, times the
-    stem's stride). Smaller images would leave the last stage looking mostly at zero padding."""
-    stages = 4 if num_layers in IMAGENET_DEPTHS else 3
-    return (1 if height <= SMALL_STEM_MAX_HEIGHT else 4) * 2 ** (stages - 1)
 _IGNORED_NAMES = frozenset({"_tuning_objective_metric"})
 _INT = re.compile(r"0|[1-9][0-9]*")
 _BOOLS: dict[object, bool] = {True: True, False: False, "true": True, "1": True, "false": False, "0": False}
@@ -194,9 +185,9 @@ def _cross_field_errors(v: Mapping[str, Any]) -> list[str]:
     if v["use_weighted_loss"] == 1 and v["multi_label"] != 1:
         errors.append(_invalid("use_weighted_loss", 1, "0 unless multi_label is 1 (weighted loss is multi-label only)"))
     c, h, w = v["image_shape"]
-    if v["use_pretrained_model"] == 1 and (v["num_layers"] not in IMAGENET_DEPTHS or c != 3):
+    if v["use_pretrained_model"] == 1 and (v["num_layers"] not in imagenet_depths() or c != 3):
         errors.append(_invalid("use_pretrained_model", 1, "0 unless num_layers is one of "
-                               f"{', '.join(map(str, IMAGENET_DEPTHS))} and image_shape has 3 channels "
+                               f"{', '.join(map(str, imagenet_depths()))} and image_shape has 3 channels "
                                f"(got num_layers {v['num_layers']}, {c} channels)"))
     if v["resize"] is not None and v["resize"] < min(h, w):
         errors.append(_invalid("resize", v["resize"], f"at least {min(h, w)}, the smaller side of image_shape "
@@ -248,7 +239,7 @@ class HyperParameters:
     momentum: float = _hp(0.9, "Momentum for sgd and nag (SageMaker's effective default is 0.9).", "float")
     multi_label: int = _hp(0, "1: multi-label training with multi-hot labels; 0: one class per image.", "int", (0, 1))
     num_layers: int = _hp(152, "ResNet depth: 18-200 for large images, 20-110 (3-stage) for small ones.", "int",
-                          IMAGENET_DEPTHS + CIFAR_DEPTHS)
+                          tuple(DEPTHS))
     optimizer: str = _hp("sgd", "Optimizer.", "choice", ("sgd", "adam", "rmsprop", "nag"))
     precision_dtype: str = _hp("float32", "float16 trains with mixed precision; float32 in full precision.",
                                "choice", ("float32", "float16"))
@@ -315,20 +306,6 @@ class HyperParameters:
                 choices=tuple(str(c) for c in f.metadata["choices"]), expects=_expects(f.metadata)))
         return out
 
-    def format_log_block(self) -> list[str]:
-        """SageMaker's "---- Parameters ----" start-up block (spec §5), one string per line."""
-        c, h, w = self.image_shape
-        checkpoint = (f"checkpoint_frequency: {self.checkpoint_frequency}" if self.checkpoint_frequency
-                      else "checkpoint_frequency not set, will store the best model")
-        return ["---- Parameters ----", f"num_layers: {self.num_layers}",
-                f"data type: <type 'numpy.{self.precision_dtype}'>", f"epochs: {self.epochs}",
-                f"image resize size: {self.resize}", f"optimizer: {self.optimizer}", f"momentum: {self.momentum}",
-                f"weight_decay: {self.weight_decay}", f"learning_rate: {self.learning_rate}",
-                f"num_training_samples: {self.num_training_samples}", f"mini_batch_size: {self.mini_batch_size}",
-                f"image_shape: {c},{h},{w}", f"num_classes: {self.num_classes}",
-                f"augmentation_type: {self.augmentation_type}", f"kv_store: {self.kv_store or 'device'}",
-                f"top_k: {self.top_k}", checkpoint, "--------------------"]
-
 
 def _json_form(kind: str, value: Any) -> object:
     """SageMaker's form of a typed value: tuples become "3,224,224" / "10,20", an empty tuple None."""
@@ -345,49 +322,6 @@ def _unknown(key: str, names: list[str]) -> str:
     close = difflib.get_close_matches(str(key).lower(), names, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"Unknown hyperparameter '{key}'.{hint} Valid names: {', '.join(sorted(names))}."
-
-
-def resized_hw(hw: tuple[int, int], resize: int | None) -> tuple[int, int]:
-    """(height, width) after MXNet's resize: the shorter side becomes ``resize``, integer-scaled, aspect kept."""
-    h, w = hw
-    if resize is None:
-        return h, w
-    return (resize * h // w, resize) if h > w else (resize, resize * w // h)
-
-
-def cross_check(hp: HyperParameters, *, num_images: int | None = None, label_width: int | None = None,
-                min_image_hw: tuple[int, int] | None = None) -> None:
-    """Checks that need the data, with SageMaker's texts where known; raises HyperParameterError listing each.
-
-    Args:
-        num_images: images in the training channel.
-        label_width: labels per image in the data (1 for class ids, num_classes for multi-hot).
-        min_image_hw: (height, width) before resizing of the smallest training image, or of any one image
-            (with ``resize`` set the aspect ratio decides, so callers may check each distinct size).
-    """
-    errors = []
-    if num_images is not None and num_images < hp.mini_batch_size:
-        errors.append("The number of input images must be bigger or equal to the mini_batch_size. "
-                      f"The data has {num_images} images and mini_batch_size is {hp.mini_batch_size}.")
-    if num_images is not None and num_images != hp.num_training_samples:
-        logger.warning("num_training_samples is %d but the training data has %d images; the learning-rate "
-                       "schedule counts epochs by num_training_samples.", hp.num_training_samples, num_images)
-    if label_width is not None and hp.multi_label == 1 and label_width != hp.num_classes:
-        errors.append(f"Mismatch between number of labels in the multi-label data ({label_width}) "
-                      f"and the num_classes parameter ({hp.num_classes}).")
-    if label_width is not None and hp.multi_label == 0 and label_width != 1:
-        errors.append(f"The data has {label_width} labels per image but multi_label is 0, which expects one "
-                      "class id per image; set multi_label=1 for multi-hot labels.")
-    if min_image_hw is not None:
-        c, h, w = hp.image_shape
-        rh, rw = resized_hw(min_image_hw, hp.resize)
-        if rh < h or rw < w:
-            how = f"is {rh}x{rw} after resize={hp.resize}" if hp.resize else "and resize is not set"
-            errors.append(f"An image of {min_image_hw[0]}x{min_image_hw[1]} pixels (height x width) {how}, "
-                          f"smaller than the {h}x{w} crop of image_shape {c},{h},{w}; set resize to at least "
-                          f"{max(h, w)} or use a smaller image_shape.")
-    if errors:
-        raise HyperParameterError(errors)
 
 
 def load_hyperparameters_file(path: str | Path) -> dict[str, object]:

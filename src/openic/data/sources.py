@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from openic.errors import ClientError, DataError
-from openic.formats.lst import read_lst_with_lines, resolve_image_path
+from openic.formats.lst import CLASSES_SUFFIX, read_classes, read_lst_with_lines, resolve_image_path
 from openic.formats.manifest import read_manifest_with_lines
 from openic.formats.recordio import IRHeader, RecordReader, unpack
 
@@ -215,8 +215,6 @@ def find_class_names(channel: Channel, num_classes: int) -> list[str] | None:
     For ``X_train.rec`` (or ``X_train.lst``) this is ``X_classes.txt`` beside it; for a folder, its only
     ``*_classes.txt``. A file whose line count is not ``num_classes`` is ignored with a warning.
     """
-    from openic.prep.im2rec import CLASSES_SUFFIX, read_classes
-
     candidates: list[Path] = []
     for path in (channel.lst, channel.path):
         if path is None:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from openic.errors import ClientError
-from openic.hyperparams import resized_hw
+from openic.formats.images import resized_hw
 
 FILL_VALUE = 127
 _FLT_EPSILON = 1.1920928955078125e-07  # C's FLT_EPSILON: OpenCV's "grey pixel" threshold in RGB2HLS

@@ -28,7 +28,6 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from openic.errors import ClientError, DataError
-from openic.hyperparams import resized_hw
 
 ImageFormat = Literal["jpeg", "png", "other"]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -334,3 +333,11 @@ def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
     if h == 0 or w == 0:
         raise ClientError(f"cannot resize an empty image of shape {img.shape}")
     return resize_bilinear(img, *resized_hw((h, w), size))
+
+
+def resized_hw(hw: tuple[int, int], resize: int | None) -> tuple[int, int]:
+    """(height, width) after MXNet's resize: the shorter side becomes ``resize``, integer-scaled, aspect kept."""
+    h, w = hw
+    if resize is None:
+        return h, w
+    return (resize * h // w, resize) if h > w else (resize, resize * w // h)

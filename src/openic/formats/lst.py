@@ -25,6 +25,7 @@ from openic.errors import DataError
 from openic.fileio import atomic_write_text
 
 _MAX_INDEX = 2**64 - 1  # the IRHeader id is a uint64
+CLASSES_SUFFIX = "_classes.txt"  # im2rec's class-name sidecar: PREFIX_classes.txt, line i names label i
 
 
 class LstEntry(NamedTuple):
@@ -143,6 +144,30 @@ def write_lst(path: str | os.PathLike[str], entries: Iterable[LstEntry]) -> None
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {os.fspath(path)}: folder {folder} does not exist")
     atomic_write_text(path, "".join(format_lst_line(entry) for entry in entries))
+
+
+def classes_path(prefix: str | os.PathLike[str]) -> Path:
+    """The class-name sidecar of a ``.lst``/``.rec`` prefix: ``PREFIX_classes.txt``."""
+    return Path(f"{os.fspath(prefix)}{CLASSES_SUFFIX}")
+
+
+def write_classes(path: str | os.PathLike[str], names: Iterable[str]) -> Path:
+    """Write the class-name sidecar atomically, one name per line (line ``i`` names label ``i``)."""
+    names = [str(n) for n in names]
+    bad = [n for n in names if "\n" in n or "\r" in n]
+    if bad:
+        raise DataError(f"class name {bad[0]!r} cannot be written to {os.fspath(path)}: it holds a newline")
+    atomic_write_text(path, "".join(f"{n}\n" for n in names))
+    return Path(path)
+
+
+def read_classes(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a ``PREFIX_classes.txt`` sidecar: line ``i`` names label ``i``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{os.fspath(path)}: class names are not UTF-8 text ({e})") from None
 
 
 def resolve_image_path(root: str | os.PathLike[str], rel: str, *, source: str) -> Path:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from openic.errors import ClientError
-from openic.hyperparams import SMALL_STEM_MAX_HEIGHT, min_image_side
+from openic.models.depths import DEPTHS, SMALL_STEM_MAX_HEIGHT, Layout, min_image_side
 
 logger = logging.getLogger(__name__)
 
@@ -106,34 +105,7 @@ class Bottleneck(nn.Module):
         return r + (x if self.sc is None else self.sc(a1))
 
 
-class Layout(NamedTuple):
-    """One row of the depth table: unit type, units per stage, stem filters, output filters per stage."""
-
-    block: type[BasicBlock] | type[Bottleneck]
-    units: tuple[int, ...]
-    stem_width: int
-    widths: tuple[int, ...]
-
-
-_BASIC4 = (64, 128, 256, 512)
-_BOTTLENECK4 = (256, 512, 1024, 2048)
-_SMALL3 = (16, 32, 64)
-
-# SageMaker's two num_layers sets. MXNet picks the 3-stage layout by image height (<= 28), which would reject
-# num_layers=18 at 3,28,28 although AWS's own example uses it, so the layout here follows the depth (spec §6).
-DEPTHS: dict[int, Layout] = {
-    18: Layout(BasicBlock, (2, 2, 2, 2), 64, _BASIC4),
-    34: Layout(BasicBlock, (3, 4, 6, 3), 64, _BASIC4),
-    50: Layout(Bottleneck, (3, 4, 6, 3), 64, _BOTTLENECK4),
-    101: Layout(Bottleneck, (3, 4, 23, 3), 64, _BOTTLENECK4),
-    152: Layout(Bottleneck, (3, 8, 36, 3), 64, _BOTTLENECK4),
-    200: Layout(Bottleneck, (3, 24, 36, 3), 64, _BOTTLENECK4),
-    20: Layout(BasicBlock, (3, 3, 3), 16, _SMALL3),
-    32: Layout(BasicBlock, (5, 5, 5), 16, _SMALL3),
-    44: Layout(BasicBlock, (7, 7, 7), 16, _SMALL3),
-    56: Layout(BasicBlock, (9, 9, 9), 16, _SMALL3),
-    110: Layout(BasicBlock, (18, 18, 18), 16, _SMALL3),
-}
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 SUPPORTED_CHANNELS = (1, 3)
 
@@ -159,7 +131,7 @@ class ResNet(nn.Module):
             blocks = []
             for u in range(units):
                 stride = 2 if s > 0 and u == 0 else 1
-                blocks.append((f"unit{u + 1}", layout.block(c_in, width, stride, project=u == 0)))
+                blocks.append((f"unit{u + 1}", _BLOCKS[layout.block](c_in, width, stride, project=u == 0)))
                 c_in = width
             self.add_module(name, nn.Sequential(OrderedDict(blocks)))
         self.num_features = c_in

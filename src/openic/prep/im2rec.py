@@ -3,7 +3,7 @@
 API (``openic im2rec`` is a thin shell over it):
 
 * ``make_list(prefix, root, ListOptions) -> ListResult`` (``--list``); ``list_images(root, *, recursive, exts)
-  -> (entries, class_names)`` is the walk alone; ``read_classes(path) -> list[str]`` reads the class sidecar.
+  -> (entries, class_names)`` is the walk alone; the class sidecar is read and written by :mod:`openic.formats.lst`.
 * ``pack_lst(lst_path, root, out_prefix, PackOptions) -> PackResult``: one list → ``out_prefix.rec``/``.idx``.
 * ``pack_prefix(prefix, root, PackOptions) -> list[PackResult]``: MXNet's packing mode, every ``.lst`` that
   :func:`find_lst_files` matches (absolute path starts with ``prefix``; all of them if it is a folder).
@@ -49,7 +49,6 @@ import numpy as np
 from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
-from openic.fileio import atomic_write_text
 from openic.formats.images import (
     apply_exif_orientation,
     decode_image,
@@ -58,13 +57,13 @@ from openic.formats.images import (
     image_format,
     resize_shorter,
 )
-from openic.formats.lst import LstEntry, read_lst_with_lines, resolve_image_path, write_lst
+from openic.formats.lst import LstEntry, read_lst_with_lines, resolve_image_path, write_classes, write_lst
+from openic.formats.lst import classes_path as classes_sidecar
 from openic.formats.recordio import IRHeader, RecordWriter, pack
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
-CLASSES_SUFFIX = "_classes.txt"
 _SHUFFLE_SEED = 100  # MXNet's fixed seed: the same folder gives the same split on every run
 _PASS_THROUGH_FORMATS = ("jpeg", "png")
 
@@ -244,16 +243,9 @@ def make_list(
         log.info("wrote %s (%d images)", path, len(chunk))
     classes_path = None
     if options.recursive:
-        classes_path = Path(prefix_s + CLASSES_SUFFIX)
-        atomic_write_text(classes_path, "".join(f"{name}\n" for name in classes))
+        classes_path = write_classes(classes_sidecar(prefix_s), classes)
         log.info("wrote %s: %s", classes_path, ", ".join(f"{n}={i}" for i, n in enumerate(classes)))
     return ListResult(tuple(written), len(entries), tuple(classes), classes_path)
-
-
-def read_classes(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a ``PREFIX_classes.txt`` sidecar: line ``i`` names label ``i``."""
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
 
 
 # --------------------------------------------------------------------------- packing

@@ -29,12 +29,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
-from openic.fileio import atomic_write_text
 from openic.formats.images import encode_image
-from openic.formats.lst import write_lst
+from openic.formats.lst import classes_path as classes_sidecar
+from openic.formats.lst import write_classes, write_lst
 from openic.formats.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
 from openic.prep.download import download
-from openic.prep.im2rec import CLASSES_SUFFIX, PackOptions, list_images, pack_lst
+from openic.prep.im2rec import PackOptions, list_images, pack_lst
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ def make_digits(
         raise ClientError(f"train_ratio {train_ratio} leaves one split of {len(entries)} images empty")
     prefix = out / "digits"
     splits = {"train": entries[:sep], "val": entries[sep:]}
-    classes_path = Path(f"{prefix}{CLASSES_SUFFIX}")
-    atomic_write_text(classes_path, "".join(f"{c}\n" for c in classes))
+    classes_path = write_classes(classes_sidecar(prefix), classes)
     options = PackOptions(progress=progress)  # im2rec's defaults: decode, re-encode JPEG quality 95
     for split, chunk in splits.items():
         lst = Path(f"{prefix}_{split}.lst")
@@ -349,7 +348,7 @@ def make_cifar10(
         raise ClientError(f"encoding {encoding!r} is not one of .png, .jpg")
     out = Path(root)
     out.mkdir(parents=True, exist_ok=True)
-    classes_path = out / f"cifar10{CLASSES_SUFFIX}"
+    classes_path = classes_sidecar(out / "cifar10")
     if source == "mxnet":
         counts = {}
         for split in ("train", "val"):
@@ -370,7 +369,7 @@ def make_cifar10(
             _write_rec(out / f"cifar10_{split}.rec", images, labels, encoding, progress)
             counts[split] = len(labels)
         val_split = "test"
-    atomic_write_text(classes_path, "".join(f"{c}\n" for c in classes))
+    write_classes(classes_path, classes)
     info = DatasetInfo(
         name="cifar10",
         root=out,

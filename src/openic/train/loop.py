@@ -25,6 +25,7 @@ from openic.tracking import FileTracker, Tracker
 from openic.train import optim
 from openic.train.metrics import Accuracy, LossFn, make_loss
 from openic.train.run_state import Checkpointer, RunState
+from openic.train.sagemaker_log import log_configuration
 from openic.train.setup import (
     DataBundle,
     TrainConfig,
@@ -163,20 +164,6 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-def _log_configuration(hp: HyperParameters) -> None:
-    """The start-up block SageMaker's container prints: the three configuration dicts, then the parameters."""
-    defaults = {spec.name: spec.default for spec in HyperParameters.specs() if not spec.required}
-    log.info("Default configuration: %s", defaults)
-    log.info("Provided configuration (values that differ from the defaults): %s", hp.changed())
-    log.info("Final configuration: %s", hp.to_dict())
-    log.info("use_pretrained_model: %d", hp.use_pretrained_model)
-    log.info("multi_label: %d", hp.multi_label)
-    if hp.multi_label and hp.top_k:
-        log.warning("top_k=%d is not reported with multi_label=1 (top-k accuracy needs a single label)", hp.top_k)
-    for line in hp.format_log_block():
-        log.info("%s", line)
-
-
 def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
         tracker: Tracker | None = None) -> TrainResult:
     """Train as SageMaker's image-classification algorithm would, writing everything under ``config.output_dir``.
@@ -190,7 +177,7 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    _log_configuration(hp)
+    log_configuration(hp)
     model = build_model(hp, channels, config).to(device).to(memory_format=torch.channels_last)
     optimizer = optim.build_optimizer(hp, model)
     autocast, use_scaler = _autocast(hp, device)

@@ -20,8 +20,9 @@ from openic.data.loader import BatchStream, cache_images
 from openic.data.sources import Channel, Source, open_channel
 from openic.data.transforms import Augmenter
 from openic.errors import ClientError
-from openic.hyperparams import HyperParameters, cross_check
+from openic.hyperparams import HyperParameters
 from openic.models import create_model
+from openic.train.data_checks import cross_check
 
 log = logging.getLogger(__name__)
 
