@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
 from openic.errors import ClientError
 from openic.formats.images import resized_hw
-from openic.hyperparams import HyperParameterError, HyperParameters, load_hyperparameters_file
+from openic.hyperparams import (
+    HyperParameterError,
+    HyperParameters,
+    load_hyperparameters_file,
+    parse_image_shape,
+    sagemaker_string,
+)
 from openic.models.depths import DEPTHS
 from openic.train.data_checks import cross_check
 from openic.train.sagemaker_log import parameter_block
@@ -139,7 +145,7 @@ def test_message_wording_matches_sagemaker():
     with pytest.raises(ClientError) as info:
         parse(epochs="abc")
     assert str(info.value) == ("The value 'abc' is not valid for the 'epochs' hyperparameter which expects "
-                               "a positive integer.")
+                               "a positive integer up to 100000.")
     with pytest.raises(ClientError, match=r"expects one of the following: sgd, adam, rmsprop, nag\.$"):
         parse(optimizer="adagrad")
     with pytest.raises(ClientError, match=r"expects a positive integer at most epochs \(5\)"):
@@ -247,7 +253,7 @@ def test_round_trip(values):
 
 
 @settings(max_examples=60, deadline=None)
-@given(lr=st.floats(0, 1), epochs=st.integers(1, 10**6), steps=st.lists(st.integers(1, 1000), unique=True))
+@given(lr=st.floats(0, 1), epochs=st.integers(1, 100_000), steps=st.lists(st.integers(1, 1000), unique=True))
 def test_round_trip_property(lr, epochs, steps):
     hp = parse(learning_rate=lr, epochs=str(epochs), lr_scheduler_step=",".join(map(str, sorted(steps))))
     assert HyperParameters.from_strings(hp.to_strings()) == hp
@@ -391,3 +397,120 @@ def test_cli_bad_value_uses_schema_error():
     ns = make_parser().parse_args(["--num_classes", "2", "--num_training_samples", "9", "--optimizer", "adagrad"])
     with pytest.raises(HyperParameterError, match="'adagrad' is not valid for the 'optimizer' hyperparameter"):
         HyperParameters.from_strings(from_cli_namespace(ns))
+
+
+# --------------------------------------------------------------------------- bounds and hostile input
+
+BIG = 10**30  # overflows int64 in torch/numpy
+
+
+@pytest.mark.parametrize(("name", "value", "expects"), [
+    ("num_classes", BIG, "a positive integer up to 100000."), ("num_classes", str(BIG), "up to 100000."),
+    ("num_classes", "100001", "up to 100000."), ("num_training_samples", 10**12 + 1, "up to 1000000000000."),
+    ("mini_batch_size", "65537", "up to 65536."), ("epochs", "100001", "up to 100000."),
+    ("checkpoint_frequency", BIG, "up to 100000."), ("early_stopping_min_epochs", "100001", "up to 100000."),
+    ("early_stopping_patience", BIG, "up to 100000."), ("top_k", BIG, "up to 100000."),
+    ("resize", "100000", "up to 4096."), ("resize", "4097", "up to 4096."), ("resize", BIG, "up to 4096."),
+    ("image_shape", "3,4097,224", "H and W from 1 to 4096"), ("image_shape", [3, 224, BIG], "H and W from 1 to 4096"),
+    ("lr_scheduler_step", "10, 100001", "epochs up to 100000"), ("lr_scheduler_step", [BIG], "epochs up to 100000"),
+])
+def test_integers_past_the_engine_bound_name_the_parameter(name, value, expects):
+    with pytest.raises(HyperParameterError) as info:
+        parse(**{name: value})
+    [message] = info.value.errors
+    assert message.startswith(f"The value '{value}' is not valid for the '{name}' hyperparameter which expects ")
+    assert expects in message
+
+
+def test_bounds_are_inclusive():
+    hp = parse(num_classes="100000", num_training_samples=str(10**12), mini_batch_size="65536", epochs="100000",
+               checkpoint_frequency="100000", early_stopping_min_epochs="100000", early_stopping_patience="100000",
+               top_k="100000", image_shape="3,4096,4096", resize="4096", lr_scheduler_step="1, 100000")
+    assert (hp.num_classes, hp.resize, hp.image_shape, hp.lr_scheduler_step) == (100000, 4096, (3, 4096, 4096),
+                                                                                (1, 100000))
+
+
+def test_every_integer_field_has_an_upper_bound_shown_in_docs_and_help():
+    ints = [f for f in dataclasses.fields(HyperParameters) if f.metadata["kind"] == "int" and not f.metadata["choices"]]
+    assert len(ints) == 9
+    specs = {s.name: s for s in HyperParameters.specs()}
+    help_text = " ".join(make_parser().format_help().split())
+    for f in ints:
+        assert isinstance(f.metadata["high"], int) and f.metadata["low"] == 1
+        assert specs[f.name].expects == f"a positive integer up to {f.metadata['high']}"
+    assert "Valid: a positive integer up to 100000. Default: 30." in help_text
+    assert "H and W from 1 to 4096" in specs["image_shape"].expects
+    assert "epochs up to 100000" in specs["lr_scheduler_step"].expects
+
+
+def test_huge_json_number_for_a_float_is_a_client_error_with_a_short_echo():
+    value = 10**400  # 401 digits: float() raises OverflowError
+    with pytest.raises(HyperParameterError) as info:
+        parse(learning_rate=value)
+    assert str(info.value) == (f"The value '{str(value)[:40]}...' is not valid for the 'learning_rate' hyperparameter "
+                               "which expects a number between 0 and 1.")
+    with pytest.raises(HyperParameterError, match=r"^The value '1{40}\.\.\.' is not valid for the 'num_classes'"):
+        parse(num_classes="1" * 5000)  # past Python's 4300-digit int() limit
+    with pytest.raises(HyperParameterError, match=r"^The value '.{1,43}' is not valid for the 'epochs'"):
+        parse(epochs=10**5000)  # str() itself refuses an int this long
+
+
+def test_parse_image_shape_and_sagemaker_string_are_the_schema_rules():
+    assert parse_image_shape("3, 28, 28") == (3, 28, 28) and parse_image_shape([1, 4096, 4096]) == (1, 4096, 4096)
+    with pytest.raises(ClientError, match=r"^meta\.json: image_shape \[3, 0, 32\] is not valid; expected 'C,H,W'"):
+        parse_image_shape([3, 0, 32], "meta.json")
+    with pytest.raises(ClientError, match=r"^image_shape: image_shape '3,4097,4' is not valid; .* from 1 to 4096"):
+        parse_image_shape("3,4097,4")
+    with pytest.raises(ClientError, match=r"image_shape '3,9{37}\.\.\. is not valid"):
+        parse_image_shape("3," + "9" * 500 + ",3")
+    assert [sagemaker_string(v) for v in (0.1, 1e-8, 30, True, "3,224,224")] == ["0.1", "1e-08", "30", "True",
+                                                                                 "3,224,224"]
+
+
+def test_load_hyperparameters_file_rejects_unreadable_and_hostile_files(tmp_path, monkeypatch):
+    with pytest.raises(ClientError, match=rf"^{tmp_path}: cannot read the hyperparameters file: Is a directory"):
+        load_hyperparameters_file(tmp_path)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"epochs": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ClientError, match=r"deep\.json: not a valid hyperparameters file: values nested too deeply"):
+        load_hyperparameters_file(deep)
+    long = tmp_path / "long.json"
+    long.write_text('{"learning_rate": ' + "1" * 5000 + "}")
+    with pytest.raises(ClientError, match=r"long\.json: not a valid hyperparameters file: a number with more than "
+                       r"4300 digits"):
+        load_hyperparameters_file(long)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({**BASE, "learning_rate": 10**400}))
+    with pytest.raises(HyperParameterError, match=r"'learning_rate' hyperparameter which expects a number"):
+        HyperParameters.from_strings(load_hyperparameters_file(big))
+    locked = tmp_path / "locked.json"
+    locked.write_text("{}")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(locked), "read_text", denied)  # root reads chmod-000 files, so fake the refusal
+    with pytest.raises(ClientError, match=r"locked\.json: cannot read the hyperparameters file: Permission denied"):
+        load_hyperparameters_file(locked)
+
+
+NAMES = st.sampled_from([f.name for f in dataclasses.fields(HyperParameters)]) | st.text(max_size=20)
+LEAVES = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**500), max_value=10**500)
+          | st.floats() | st.text(max_size=30) | st.sampled_from(["3,224,224", "10, 20", "True", "1e400", "-0", " 7 "]))
+JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.dictionaries(NAMES, JSON, max_size=6), base=st.booleans())
+def test_any_json_input_gives_a_valid_instance_or_hyperparameter_error(values, base):
+    known = {f.name for f in dataclasses.fields(HyperParameters)}
+    calls = [(HyperParameters.from_strings, {**(BASE if base else {}), **values}),
+             (lambda v: HyperParameters(**v), {**BASE, **{k: v for k, v in values.items() if k in known}})]
+    for build, arg in calls:  # the constructor gets known names only: Python itself refuses others (TypeError)
+        try:
+            hp = build(arg)
+        except HyperParameterError as e:
+            assert e.errors and all(isinstance(m, str) and m for m in e.errors)
+        else:
+            assert HyperParameters.from_strings(hp.to_strings()) == hp

@@ -9,6 +9,8 @@ Choices where SageMaker is silent or lenient (spec §1):
 
 * Integers follow SageMaker's schema ``^([1-9][0-9]*)$`` ("10.0", "1.5", "+3", "010" are rejected) or are JSON
   integers. Booleans: True/False/1/0 (any case) or JSON booleans. Surrounding whitespace is ignored.
+* SageMaker sets no upper bounds; here every integer has one (``MAX_*`` below) far past any real job, so a value
+  like 10**30 is a ClientError naming the parameter, not an overflow or a huge allocation deep in torch/numpy.
 * All errors are collected and raised once (``HyperParameterError``, one per line, each starting "The value '<v>'
   is not valid for the '<name>' hyperparameter which expects ...", or naming an unknown or missing name).
 * Pair rules checked on construction: checkpoint_frequency <= epochs; top_k <= num_classes (top_k=1 is allowed:
@@ -26,7 +28,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,17 @@ _IGNORED_NAMES = frozenset({"_tuning_objective_metric"})
 _INT = re.compile(r"0|[1-9][0-9]*")
 _BOOLS: dict[object, bool] = {True: True, False: False, "true": True, "1": True, "false": False, "0": False}
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_ECHO_CHARS = 40  # a longer value is cut to this many characters + "..." in messages
+
+# Upper bounds: what the engine can run, with a wide margin over any real job.
+MAX_CLASSES = 100_000  # final FC 2048 x N: 0.8 GB of float32 weights (ImageNet-21k has 21841 classes)
+MAX_SAMPLES = 10**12  # only sizes an epoch (samples / batch steps); exact in int64 and float64
+MAX_BATCH = 65_536  # images per host step; at 3,224,224 the input alone is 39 GB of float32, activations far more
+MAX_EPOCHS = 100_000  # also bounds every count in epochs: checkpoint_frequency, early stopping, lr_scheduler_step
+MAX_IMAGE_SIDE = 4096  # H and W: one 3,4096,4096 float32 input is 200 MB, its ResNet activations many GB
+# resize >= min(H, W) always has a valid value, and the crop is never larger; decoding one photo at resize 4096
+# already takes ~3 GB and ~9 s of CPU (formats.images works in int64), 8192 four times that per loader worker.
+MAX_RESIZE = MAX_IMAGE_SIDE
 
 
 class HyperParameterError(ClientError):
@@ -70,18 +84,19 @@ class HyperParameterSpec:
         return "required" if self.required else "unset" if self.default is None else self.default or "''"
 
 
-def _hp(default: Any, help: str, kind: str, choices: tuple = ()) -> Any:
+def _hp(default: Any, help: str, kind: str, choices: tuple = (), high: int | None = None) -> Any:
     """A field whose metadata drives parsing, validation, CLI flags and docs; ranges follow SageMaker's table
-    (integers positive, floats in [0, 1])."""
-    low, high = (None, None) if choices else {"int": (1, None), "float": (0, 1)}.get(kind, (None, None))
+    (integers positive, floats in [0, 1]), and integers without choices take an explicit ``high``."""
+    assert (kind == "int" and not choices) == (high is not None), "every free integer needs its engine bound"
+    low, high = (None, None) if choices else {"int": (1, high), "float": (0, 1)}.get(kind, (None, None))
     meta = {"help": help, "kind": kind, "choices": choices, "low": low, "high": high}
     return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
 
 
 _EXPECTS = {
-    "int": "a positive integer", "bool": "True or False", "string": "a string",
-    "shape": "'C,H,W' with C 1 or 3 and positive H and W, e.g. '3,224,224'",
-    "steps": "comma-separated, strictly increasing positive epochs, e.g. '10, 20'",
+    "bool": "True or False", "string": "a string",
+    "shape": f"'C,H,W' with C 1 or 3 and H and W from 1 to {MAX_IMAGE_SIDE}, e.g. '3,224,224'",
+    "steps": f"comma-separated, strictly increasing positive epochs up to {MAX_EPOCHS}, e.g. '10, 20'",
 }
 
 
@@ -90,6 +105,8 @@ def _expects(meta: Mapping[str, Any]) -> str:
         return "one of the following: " + ", ".join(str(c) for c in meta["choices"])
     if meta["kind"] == "float":
         return f"a number between {meta['low']:g} and {meta['high']:g}"
+    if meta["kind"] == "int":
+        return f"a positive integer up to {meta['high']}"
     return _EXPECTS[meta["kind"]]
 
 
@@ -97,14 +114,20 @@ def _to_int(v: object) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         return v
     if isinstance(v, str) and _INT.fullmatch(v.strip()):
-        return int(v.strip())
+        return int(v.strip())  # past 4300 digits int() raises ValueError too
     raise ValueError(v)
 
 
 def _to_float(v: object) -> float:
     number = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if not (number or isinstance(v, str) and _FLOAT.fullmatch(v.strip())) or not math.isfinite(x := float(v)):
-        raise ValueError(v)  # JSON may hold Infinity/NaN; the string pattern excludes them
+    if not (number or isinstance(v, str) and _FLOAT.fullmatch(v.strip())):
+        raise ValueError(v)
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except OverflowError:  # a JSON integer past 1e308
+        x = math.inf
+    if not math.isfinite(x):  # JSON may hold Infinity/NaN; "1e400" reads as inf
+        raise ValueError(v)
     return x
 
 
@@ -130,16 +153,29 @@ def _to_ints(v: object) -> tuple[int, ...]:
 
 def _to_shape(v: object) -> tuple[int, int, int]:
     shape = _to_ints(v)
-    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+    if len(shape) != 3 or shape[0] not in (1, 3) or not all(1 <= side <= MAX_IMAGE_SIDE for side in shape[1:]):
         raise ValueError(v)
     return shape  # type: ignore[return-value]
 
 
 def _to_steps(v: object) -> tuple[int, ...]:
     steps = () if isinstance(v, str) and not v.strip() else _to_ints(v)
-    if min(steps, default=1) < 1 or any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
+    if not all(1 <= e <= MAX_EPOCHS for e in steps) or any(a >= b for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(v)
     return steps
+
+
+def parse_image_shape(value: object, where: str = "image_shape") -> tuple[int, int, int]:
+    """``C,H,W`` (a string or three integers) as the schema accepts it; the one image_shape check for every layer.
+
+    Raises:
+        ClientError: naming ``where`` (the hyperparameter, or the file that held the value) and what is valid.
+    """
+    try:
+        return _to_shape(value)
+    except (ValueError, TypeError):
+        shown = _echo(value, repr)
+        raise ClientError(f"{where}: image_shape {shown} is not valid; expected {_EXPECTS['shape']}") from None
 
 
 _PARSERS = {"int": _to_int, "float": _to_float, "bool": _to_bool, "shape": _to_shape, "steps": _to_steps,
@@ -159,8 +195,17 @@ def _coerce(meta: Mapping[str, Any], optional: bool, value: object) -> object:
     return out
 
 
+def _echo(value: object, show: Callable[[object], str] = str) -> str:
+    """``value`` as messages show it: short enough to read, and never raising (a 401-digit number stays legible)."""
+    try:
+        text = show(value)
+    except (ValueError, RecursionError):  # an int past 4300 digits; nesting deeper than the interpreter's stack
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= _ECHO_CHARS + 3 else text[:_ECHO_CHARS] + "..."
+
+
 def _invalid(name: str, value: object, expects: str) -> str:
-    return f"The value '{value}' is not valid for the '{name}' hyperparameter which expects {expects}."
+    return f"The value '{_echo(value)}' is not valid for the '{name}' hyperparameter which expects {expects}."
 
 
 def _coerce_all(values: Mapping[str, object]) -> tuple[dict[str, object], list[str]]:
@@ -207,8 +252,10 @@ class HyperParameters:
     both (raising ``HyperParameterError``, a ``ClientError``/``ValueError``), so every instance is valid.
     """
 
-    num_classes: int = _hp(MISSING, "Number of output classes (for multi_label=1, the number of labels).", "int")
-    num_training_samples: int = _hp(MISSING, "Training images; sizes an epoch for the learning-rate schedule.", "int")
+    num_classes: int = _hp(MISSING, "Number of output classes (for multi_label=1, the number of labels).", "int",
+                           high=MAX_CLASSES)
+    num_training_samples: int = _hp(MISSING, "Training images; sizes an epoch for the learning-rate schedule.", "int",
+                                    high=MAX_SAMPLES)
     augmentation_type: str | None = _hp(
         None, "Training augmentation. crop: random crop + horizontal flip; crop_color: + random hue/saturation/"
         "lightness shifts (up to 36/50/50); crop_color_transform: + rotation (up to 10 degrees), shear (0.1) and "
@@ -216,13 +263,14 @@ class HyperParameters:
     beta_1: float = _hp(0.9, "Adam beta1: decay of the first-moment estimate.", "float")
     beta_2: float = _hp(0.999, "Adam beta2: decay of the second-moment estimate.", "float")
     checkpoint_frequency: int | None = _hp(None, "Save a checkpoint every N epochs and keep them all (N <= epochs); "
-                                           "unset keeps only the epoch with the best validation accuracy.", "int")
+                                           "unset keeps only the epoch with the best validation accuracy.", "int",
+                                           high=MAX_EPOCHS)
     early_stopping: bool = _hp(False, "Stop training when validation accuracy stops improving.", "bool")
-    early_stopping_min_epochs: int = _hp(10, "Epochs to run before early stopping may trigger.", "int")
-    early_stopping_patience: int = _hp(5, "Epochs without improvement before early stopping.", "int")
+    early_stopping_min_epochs: int = _hp(10, "Epochs to run before early stopping may trigger.", "int", high=MAX_EPOCHS)
+    early_stopping_patience: int = _hp(5, "Epochs without improvement before early stopping.", "int", high=MAX_EPOCHS)
     early_stopping_tolerance: float = _hp(0.0, "Relative improvement (acc - best) / best below which an epoch "
                                           "counts as no improvement.", "float")
-    epochs: int = _hp(30, "Number of passes over the training data.", "int")
+    epochs: int = _hp(30, "Number of passes over the training data.", "int", high=MAX_EPOCHS)
     eps: float = _hp(1e-8, "Epsilon added to the denominator by adam and rmsprop.", "float")
     gamma: float = _hp(0.9, "rmsprop decay of the squared-gradient moving average.", "float")
     image_shape: tuple[int, int, int] = _hp(
@@ -235,7 +283,7 @@ class HyperParameters:
     lr_scheduler_step: tuple[int, ...] = _hp((), "Epochs after which the learning rate is multiplied by "
                                              "lr_scheduler_factor.", "steps")
     mini_batch_size: int = _hp(32, "Images per step per host, split across its GPUs; at most the number of "
-                               "training images.", "int")
+                               "training images.", "int", high=MAX_BATCH)
     momentum: float = _hp(0.9, "Momentum for sgd and nag (SageMaker's effective default is 0.9).", "float")
     multi_label: int = _hp(0, "1: multi-label training with multi-hot labels; 0: one class per image.", "int", (0, 1))
     num_layers: int = _hp(152, "ResNet depth: 18-200 for large images, 20-110 (3-stage) for small ones.", "int",
@@ -244,9 +292,9 @@ class HyperParameters:
     precision_dtype: str = _hp("float32", "float16 trains with mixed precision; float32 in full precision.",
                                "choice", ("float32", "float16"))
     resize: int | None = _hp(None, "Pixels the shorter side of each training image is resized to before cropping; "
-                             "at least the smaller of H and W.", "int")
+                             "at least the smaller of H and W.", "int", high=MAX_RESIZE)
     top_k: int | None = _hp(None, "Also report top-k accuracy during training (SageMaker's doc says k > 1, but it "
-                            "accepts 1); at most num_classes.", "int")
+                            "accepts 1); at most num_classes.", "int", high=MAX_CLASSES)
     use_pretrained_model: int = _hp(0, "1: start from ImageNet-pretrained weights of depth num_layers (18-200, "
                                     "3 channels) and fine-tune.", "int", (0, 1))
     use_weighted_loss: int = _hp(0, "1: weight the loss by the class distribution (multi_label=1 only).", "int",
@@ -285,13 +333,13 @@ class HyperParameters:
 
     def to_strings(self) -> dict[str, str]:
         """The set fields as a SageMaker ``hyperparameters.json`` string map (unset optional fields left out)."""
-        return {k: _string_form(v) for k, v in self.to_dict().items() if v is not None}
+        return {k: sagemaker_string(v) for k, v in self.to_dict().items() if v is not None}
 
     def changed(self) -> dict[str, object]:
         """Fields that differ from their defaults (required ones always), in ``to_dict`` form."""
         current = self.to_dict()
         defaults = {s.name: s.default for s in self.specs()}
-        return {k: v for k, v in current.items() if (None if v is None else _string_form(v)) != defaults[k]}
+        return {k: v for k, v in current.items() if (None if v is None else sagemaker_string(v)) != defaults[k]}
 
     @classmethod
     def specs(cls) -> list[HyperParameterSpec]:
@@ -302,7 +350,7 @@ class HyperParameters:
             default = None if f.default is MISSING else _json_form(f.metadata["kind"], f.default)
             out.append(HyperParameterSpec(
                 name=f.name, kind=kinds.get(f.metadata["kind"], f.metadata["kind"]), required=f.default is MISSING,
-                default=None if default is None else _string_form(default), help=f.metadata["help"],
+                default=None if default is None else sagemaker_string(default), help=f.metadata["help"],
                 choices=tuple(str(c) for c in f.metadata["choices"]), expects=_expects(f.metadata)))
         return out
 
@@ -314,7 +362,8 @@ def _json_form(kind: str, value: Any) -> object:
     return value
 
 
-def _string_form(value: object) -> str:
+def sagemaker_string(value: object) -> str:
+    """The string SageMaker would pass for a typed value (floats keep full precision: ``repr``)."""
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -328,13 +377,27 @@ def load_hyperparameters_file(path: str | Path) -> dict[str, object]:
     """Read a JSON object of name -> value (SageMaker's ``hyperparameters.json`` or a user file).
 
     Values stay as written (strings, numbers, booleans, lists); ``HyperParameters.from_strings`` parses them.
-    Raises FileNotFoundError for a missing file and ClientError naming the file for bad JSON or a non-object.
+    Raises FileNotFoundError for a missing file and ClientError naming the file for anything else that stops it
+    being read (a directory, no permission, bad JSON, a non-object, hostile nesting or number lengths).
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # both messages give the position
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as e:
         raise ClientError(f"{path}: not a valid UTF-8 JSON hyperparameters file: {e}") from e
+    except OSError as e:  # IsADirectoryError, PermissionError, ...
+        raise ClientError(f"{path}: cannot read the hyperparameters file: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:  # its message gives the position
+        raise ClientError(f"{path}: not a valid UTF-8 JSON hyperparameters file: {e}") from e
+    except ValueError as e:  # json reads integers with int(), which refuses more than this many digits
+        raise ClientError(f"{path}: not a valid hyperparameters file: a number with more than "
+                          f"{sys.get_int_max_str_digits()} digits") from e
+    except RecursionError as e:
+        raise ClientError(f"{path}: not a valid hyperparameters file: values nested too deeply to read") from e
     if not isinstance(data, dict):
         raise ClientError(f"{path}: expected a JSON object mapping hyperparameter names to values, "
                           f"got {type(data).__name__}")
