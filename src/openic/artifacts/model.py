@@ -13,14 +13,17 @@ import gzip
 import io
 import json
 import logging
+import lzma
 import math
 import os
 import re
+import shutil
 import subprocess
 import tarfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,9 +33,12 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from openic import __version__
-from openic.artifacts.state_dict import clean_state_dict, load_state_strict, unwrap_model
+from openic.artifacts.state_dict import check_state_fits, clean_state_dict, unwrap_model
 from openic.errors import ClientError
 from openic.fileio import atomic_path
+from openic.formats.tar import MiB, check_member, check_size, member_name, read_file, read_member
+from openic.hyperparams import parse_image_shape, sagemaker_string
+from openic.models.depths import DEPTHS
 from openic.models.resnet import create_model
 
 if TYPE_CHECKING:
@@ -48,6 +54,12 @@ HYPERPARAMS = "hyperparameters.json"
 CLASSES = "classes.json"
 METADATA = "metadata.json"
 MXNET_SYMBOL = "image-classification-symbol.json"
+JSON_LIMIT = 16 * MiB  # metadata, hyperparameters, classes, shapes: kilobytes in practice
+EXTRACT_LIMIT = 64 * 1024 * MiB  # safe_extract's default total: ResNet-200 weights (~260 MB) with 250 checkpoints
+_HEADER_BYTES = 1 * MiB  # a safetensors header beyond one JSON entry per tensor (__metadata__, padding)
+_HEADER_BYTES_PER_TENSOR = 1024  # one '"name":{"dtype":..,"shape":[..],"data_offsets":[..]}' entry is ~120 bytes
+# what a damaged or truncated archive raises while tarfile reads it (gzip, bzip2 and xz streams)
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 _CHECKPOINT_RE = re.compile(r"image-classification-(\d{4,})\.safetensors")
 # What the network expects: SageMaker's network normalises inside (bn_data), so callers feed raw pixels.
 INPUT_SPEC: dict[str, Any] = {
@@ -69,13 +81,6 @@ class LoadedModel:
 def checkpoint_name(epoch: int) -> str:
     """SageMaker names a checkpoint after the epoch count (0-based epoch + 1), as MXNet's ``-%04d.params``."""
     return f"image-classification-{epoch + 1:04d}.safetensors"
-
-
-def _image_shape(value: Any) -> tuple[int, int, int]:
-    shape = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
-    if len(shape) != 3:
-        raise ClientError(f"image_shape must be C,H,W (3 numbers), got {value!r}")
-    return shape  # type: ignore[return-value]
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -134,7 +139,7 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: i
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    c, h, w = _image_shape(hp.image_shape)
+    c, h, w = parse_image_shape(hp.image_shape)
     num_classes = int(hp.num_classes)
     if class_names is not None and len(class_names) != num_classes:
         raise ClientError(f"{len(class_names)} class names given for num_classes={num_classes}")
@@ -164,62 +169,169 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: i
     return dest
 
 
-def _read_artifact(path: Path, wanted: Callable[[str], bool]) -> tuple[str, list[str], dict[str, bytes]]:
-    """(source, all file names, bytes of the wanted ones) from a model.tar.gz or an extracted directory.
+class _Artifact:
+    """A model.tar.gz or extracted model directory, opened to read members by name, each within a byte bound.
 
-    Reads tar members into memory by name, so nothing is written to disk and no member can escape anywhere.
+    Tar members are read into memory by name (nothing is written to disk, so nothing can escape anywhere), and
+    each read is refused from the member's declared size before a byte is decompressed.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model artifact not found: {path}")
-    if path.is_dir() and not (path / METADATA).exists() and (path / MODEL_ARCHIVE).is_file():
-        path = path / MODEL_ARCHIVE
-    if path.is_dir():
-        names = sorted(p.name for p in path.iterdir() if p.is_file())
-        return str(path), names, {n: (path / n).read_bytes() for n in names if wanted(n)}
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            names, data = [], {}
-            for m in tar:
-                name = m.name[2:] if m.name.startswith("./") else m.name
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"model artifact not found: {path}")
+        if path.is_dir() and not (path / METADATA).exists() and (path / MODEL_ARCHIVE).is_file():
+            path = path / MODEL_ARCHIVE
+        self.source = str(path)
+        self._dir = path if path.is_dir() else None
+        self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
+        if self._dir is not None:
+            self.names = sorted(p.name for p in self._dir.iterdir() if p.is_file())
+            return
+        try:
+            self._tar = tarfile.open(path, "r:*")
+            for m in self._tar:  # headers only: member data is skipped, not kept
+                check_member(m, self.source)
                 if m.isfile():
-                    names.append(name)
-                    if wanted(name):
-                        data[name] = tar.extractfile(m).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ClientError(f"{path}: not a readable model.tar.gz or model directory ({e})") from e
-    return str(path), sorted(names), data
+                    self._members[member_name(m)] = m
+        except _READ_ERRORS as e:
+            self.close()
+            raise ClientError(f"{path}: not a readable model.tar.gz or model directory ({e})") from e
+        except ClientError:
+            self.close()
+            raise
+        self.names = sorted(self._members)
+
+    def read(self, name: str, limit: int) -> bytes:
+        """The bytes of member ``name`` (which must be in ``names``), refused when it holds more than ``limit``."""
+        if self._dir is not None:
+            return read_file(self._dir / name, limit)
+        assert self._tar is not None
+        try:
+            return read_member(self._tar, self._members[name], self.source, limit)
+        except _READ_ERRORS as e:
+            raise ClientError(f"{self.source}: member {name!r} cannot be read (damaged archive?): {e}") from e
+
+    def json(self, name: str) -> Any:
+        """Member ``name`` parsed as JSON (at most :data:`JSON_LIMIT` bytes); bad JSON names the archive and member."""
+        try:
+            return json.loads(self.read(name, JSON_LIMIT))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ClientError(f"{self.source}: {name} is not valid UTF-8 JSON ({e})") from None
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    def __enter__(self) -> _Artifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _parse_metadata(source: str, names: list[str], data: Mapping[str, bytes]) -> dict[str, Any]:
-    if METADATA not in data:
-        if MXNET_SYMBOL in names:
-            raise ClientError(f"{source}: this is a SageMaker/MXNet model ({MXNET_SYMBOL}, .params), not an openic "
-                              f"artifact ({METADATA} + {WEIGHTS}); importing SageMaker/MXNet artifacts is not "
-                              f"supported yet")
-        raise ClientError(f"{source}: {METADATA} is missing (found: {', '.join(names) or 'no files'})")
-    try:
-        meta = json.loads(data[METADATA])
-    except ValueError as e:
-        raise ClientError(f"{source}: {METADATA} is not valid JSON ({e})") from e
-    missing = [k for k in ("format_version", "num_layers", "num_classes", "image_shape") if k not in meta]
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int_field(meta: Mapping[str, Any], key: str, where: str, valid: str) -> int:
+    """An integer of metadata.json; digit strings are accepted as older artifacts wrote ``int(...)``-able values."""
+    value = meta[key]
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,18}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ClientError(f"{where}: {key} {_short(meta[key])} is not valid; expected {valid}")
+    return value
+
+
+def _parse_metadata(source: str, raw: Any) -> dict[str, Any]:
+    """metadata.json checked field by field, with num_layers/num_classes/image_shape in their typed form."""
+    where = f"{source}: {METADATA}"
+    if not isinstance(raw, dict):
+        raise ClientError(f"{where}: expected a JSON object with format_version, num_layers, num_classes and "
+                          f"image_shape, got {type(raw).__name__}")
+    missing = [k for k in ("format_version", "num_layers", "num_classes", "image_shape") if k not in raw]
     if missing:
-        raise ClientError(f"{source}: {METADATA} lacks {', '.join(missing)}")
-    if int(meta["format_version"]) > FORMAT_VERSION:
-        raise ClientError(f"{source}: format_version {meta['format_version']} is newer than this openic reads "
+        raise ClientError(f"{where} lacks {', '.join(missing)}")
+    version = _int_field(raw, "format_version", where, f"an integer 1..{FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise ClientError(f"{source}: format_version {version} is newer than this openic reads "
                           f"({FORMAT_VERSION}); upgrade openic")
-    return meta
+    depths = ", ".join(str(d) for d in sorted(DEPTHS))
+    num_layers = _int_field(raw, "num_layers", where, f"one of the supported depths {depths}")
+    if num_layers not in DEPTHS:
+        raise ClientError(f"{where}: num_layers {num_layers} is not valid; expected one of the supported depths "
+                          f"{depths}")
+    num_classes = _int_field(raw, "num_classes", where, "a positive integer")
+    shape = parse_image_shape(raw["image_shape"], where)
+    return raw | {"format_version": version, "num_layers": num_layers, "num_classes": num_classes,
+                  "image_shape": list(shape)}
+
+
+def _metadata(art: _Artifact) -> dict[str, Any]:
+    if METADATA not in art.names:
+        if MXNET_SYMBOL in art.names:
+            raise ClientError(f"{art.source}: this is a SageMaker/MXNet model ({MXNET_SYMBOL}, .params), not an "
+                              f"openic artifact ({METADATA} + {WEIGHTS}); importing SageMaker/MXNet artifacts is not "
+                              f"supported yet")
+        raise ClientError(f"{art.source}: {METADATA} is missing (found: {', '.join(art.names) or 'no files'})")
+    return _parse_metadata(art.source, art.json(METADATA))
+
+
+def _hyperparameters(art: _Artifact) -> dict[str, str]:
+    """hyperparameters.json as SageMaker's string map (``sagemaker_string``); absent means none recorded."""
+    if HYPERPARAMS not in art.names:
+        return {}
+    raw = art.json(HYPERPARAMS)
+    where = f"{art.source}: {HYPERPARAMS}"
+    if not isinstance(raw, dict):
+        raise ClientError(f"{where}: expected a JSON object of hyperparameter name -> string, got {_short(raw)}")
+    for k, v in raw.items():
+        if not (v is None or isinstance(v, (str, int, float, bool))):
+            raise ClientError(f"{where}: {k} = {_short(v)} is not valid; expected a string (or a number)")
+    return {k: sagemaker_string(v) for k, v in raw.items() if v is not None}
+
+
+def _class_names(art: _Artifact, num_classes: int) -> list[str] | None:
+    if CLASSES not in art.names:
+        return None
+    raw = art.json(CLASSES)
+    valid = f"a JSON list of {num_classes} class names (strings), as num_classes in {METADATA} says"
+    if not isinstance(raw, list) or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in raw):
+        raise ClientError(f"{art.source}: {CLASSES} is {_short(raw)}; expected {valid}")
+    if len(raw) != num_classes:
+        raise ClientError(f"{art.source}: {CLASSES} has {len(raw)} names but num_classes is {num_classes}; "
+                          f"expected {valid}")
+    return [str(n) for n in raw]
+
+
+def _read_weights(art: _Artifact, name: str, meta: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The weights member, bounded by the size of the model metadata.json describes, checked against its shapes.
+
+    The model is built on the ``meta`` device first (no memory), so neither a member declaring gigabytes nor
+    metadata declaring a huge model allocates anything before the weights have been read and found to fit.
+    """
+    try:
+        with torch.device("meta"):
+            expected = create_model(meta["num_layers"], meta["num_classes"], tuple(meta["image_shape"])).state_dict()
+    except ClientError as e:
+        raise ClientError(f"{art.source}: {METADATA} describes no buildable model ({e})") from e
+    needed = sum(t.numel() * t.element_size() for t in expected.values())
+    state_bytes = art.read(name, needed + _HEADER_BYTES + _HEADER_BYTES_PER_TENSOR * len(expected))
+    try:
+        state = st_load(state_bytes)
+    except SafetensorError as e:
+        raise ClientError(f"{art.source}: {name} is not a valid safetensors file ({e})") from e
+    check_state_fits(expected, state, f"{art.source}: {name}")
+    return state
 
 
 def read_model_metadata(path: Path) -> dict[str, Any]:
     """``metadata.json`` of an artifact (num_layers, num_classes, image_shape, ...) without building the model."""
-    source, names, data = _read_artifact(Path(path), lambda n: n == METADATA)
-    return _parse_metadata(source, names, data)
-
-
-def _as_sagemaker_string(value: Any) -> str:
-    """The string SageMaker would pass, as ``HyperParameters.to_strings`` writes it (floats keep full precision)."""
-    return repr(value) if isinstance(value, float) else str(value)
+    with _Artifact(Path(path)) as art:
+        return _metadata(art)
 
 
 def load_model(path: Path, *, device: str | torch.device = "cpu", checkpoint_epoch: int | None = None) -> LoadedModel:
@@ -227,63 +339,32 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", checkpoint_epo
 
     Args:
         checkpoint_epoch: 0-based epoch of a ``checkpoint_frequency`` checkpoint to load instead of the final weights.
+
+    Raises:
+        ClientError: naming the artifact and the member for anything malformed, oversized or not fitting.
     """
     weights = WEIGHTS if checkpoint_epoch is None else checkpoint_name(checkpoint_epoch)
-    wanted = {METADATA, HYPERPARAMS, CLASSES, weights}
-    source, names, data = _read_artifact(Path(path), lambda n: n in wanted)
-    meta = _parse_metadata(source, names, data)
-    if weights not in data:
-        stored = sorted(int(m.group(1)) - 1 for n in names if (m := _CHECKPOINT_RE.fullmatch(n)))
-        what = "final weights" if checkpoint_epoch is None else f"checkpoint of epoch {checkpoint_epoch}"
-        raise ClientError(f"{source}: {weights} is missing, so there are no {what} (checkpoint epochs stored: "
-                          f"{stored or 'none'})")
-    try:
-        model = create_model(int(meta["num_layers"]), int(meta["num_classes"]), _image_shape(meta["image_shape"]))
-    except ValueError as e:
-        raise ClientError(f"{source}: {METADATA} describes no buildable model ({e})") from e
-    try:
-        state = st_load(data[weights])
-    except SafetensorError as e:
-        raise ClientError(f"{source}: {weights} is not a valid safetensors file ({e})") from e
-    load_state_strict(model, state, f"{source}: {weights}")
-    class_names = None
-    if CLASSES in data:
-        class_names = [str(n) for n in json.loads(data[CLASSES])]
-        if len(class_names) != int(meta["num_classes"]):
-            raise ClientError(f"{source}: {CLASSES} has {len(class_names)} names but num_classes is "
-                              f"{meta['num_classes']}")
-    hyper = json.loads(data[HYPERPARAMS]) if HYPERPARAMS in data else {}
-    return LoadedModel(model=model.to(device).eval(), metadata=meta, class_names=class_names,
-                       hyperparameters={k: _as_sagemaker_string(v) for k, v in hyper.items() if v is not None})
+    with _Artifact(Path(path)) as art:
+        meta = _metadata(art)
+        hyper = _hyperparameters(art)
+        class_names = _class_names(art, meta["num_classes"])
+        if weights not in art.names:
+            stored = sorted(int(m.group(1)) - 1 for n in art.names if (m := _CHECKPOINT_RE.fullmatch(n)))
+            what = "final weights" if checkpoint_epoch is None else f"checkpoint of epoch {checkpoint_epoch}"
+            raise ClientError(f"{art.source}: {weights} is missing, so there are no {what} (checkpoint epochs "
+                              f"stored: {stored or 'none'})")
+        state = _read_weights(art, weights, meta)
+    model = create_model(meta["num_layers"], meta["num_classes"], tuple(meta["image_shape"]))
+    model.load_state_dict(state, strict=True)
+    return LoadedModel(model=model.to(device).eval(), metadata=meta, class_names=class_names, hyperparameters=hyper)
 
 
-def _within(root: str, path: str) -> bool:
-    return os.path.commonpath([root, path]) == root
-
-
-def _check_member(m: tarfile.TarInfo, root: str) -> None:
-    """Refuse a member that could write or point outside ``root``; checked again on disk as links appear."""
-    def refuse(why: str) -> ClientError:
-        return ClientError(f"refusing tar member {m.name!r}: {why}")
-
-    if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-        raise refuse("device files, FIFOs and other special files are not allowed")
-    if m.name.startswith(("/", "\\")) or PurePosixPath(m.name).is_absolute() or re.match(r"[A-Za-z]:", m.name):
-        raise refuse("absolute path")
-    if ".." in PurePosixPath(m.name).parts:
-        raise refuse("'..' in path")
-    if not _within(root, os.path.realpath(os.path.join(root, m.name))):
-        raise refuse("resolves outside the destination")
-    if m.issym() or m.islnk():
-        if os.path.isabs(m.linkname):
-            raise refuse(f"link to absolute path {m.linkname!r}")
-        base = os.path.join(root, os.path.dirname(m.name)) if m.issym() else root
-        if not _within(root, os.path.realpath(os.path.join(base, m.linkname))):
-            raise refuse(f"link target {m.linkname!r} is outside the destination")
-
-
-def safe_extract(tar_path: Path, dest: Path) -> list[Path]:
+def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int = EXTRACT_LIMIT) -> list[Path]:
     """Extract an archive into ``dest``, refusing (before writing anything) members that would escape it.
+
+    Args:
+        max_bytes: most bytes the regular members may declare in total (so any one of them, too); the free space
+            of ``dest``'s file system bounds them as well, so a small gzip stream cannot fill the disk.
 
     Returns the extracted paths in archive order.
     """
@@ -297,10 +378,16 @@ def safe_extract(tar_path: Path, dest: Path) -> list[Path]:
         with tarfile.open(tar_path, "r:*") as tar:
             members = tar.getmembers()
             for m in members:
-                _check_member(m, root)
+                check_member(m, tar_path, root)
+                check_size(m.size, max_bytes, f"{tar_path}: member {m.name!r}")
+            total = sum(m.size for m in members if m.isfile())
+            check_size(total, max_bytes, f"{tar_path}: the archive")
+            free = shutil.disk_usage(root).free
+            if total > free:
+                raise ClientError(f"{tar_path}: members declare {total:,} bytes but {root} has {free:,} free")
             for m in members:
-                _check_member(m, root)  # again: links extracted so far may redirect paths
+                check_member(m, tar_path, root)  # again: links extracted so far may redirect paths
                 tar.extract(m, root, **extra)
-    except (tarfile.TarError, EOFError) as e:
+    except _READ_ERRORS as e:
         raise ClientError(f"{tar_path}: cannot extract ({e})") from e
     return [Path(root, m.name) for m in members]

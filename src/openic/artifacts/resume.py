@@ -23,7 +23,7 @@ from safetensors.torch import save_file as st_save_file
 from torch import Tensor, nn
 
 from openic.artifacts.state_dict import clean_state_dict, load_state_strict, unwrap_model
-from openic.errors import AlgorithmError, ClientError
+from openic.errors import ClientError
 from openic.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT_VERSION = 1
 _CKPT_KEY = "openic_checkpoint"
 _TAG = "__openic__"
+_PARTS = ("state", "model", "optimizer", "scaler", "rng")
 
 
 class _Encoder:
@@ -94,7 +95,7 @@ def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
         return tuple(_decode(v, tensors) for v in obj["items"])
     if tag == "dict":
         return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["items"]}
-    raise AlgorithmError(f"unknown checkpoint tag {tag!r}")
+    raise ValueError(f"unknown checkpoint tag {tag!r}")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -141,41 +142,90 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     return path
 
 
+def _damaged(path: Path, what: str) -> ClientError:
+    return ClientError(f"{path}: {what}; the checkpoint is damaged (truncated?); run again with --no-resume to start "
+                       f"over, or delete it")
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The JSON payload (its keys and format version checked) and the tensors of a checkpoint file."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = (f.metadata() or {}).get(_CKPT_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise _damaged(path, f"not a readable safetensors file ({e})") from e
+    if header is None:
+        raise ClientError(f"{path}: a safetensors file without the '{_CKPT_KEY}' header is not an openic checkpoint; "
+                          f"run again with --no-resume to start over, or delete it")
+    try:
+        payload = json.loads(header)
+    except (ValueError, RecursionError) as e:
+        raise _damaged(path, f"its '{_CKPT_KEY}' header is not valid JSON ({e})") from None
+    if not isinstance(payload, dict):
+        raise _damaged(path, f"its '{_CKPT_KEY}' header is {type(payload).__name__}, not a JSON object")
+    missing = [k for k in ("format_version", *_PARTS) if k not in payload]
+    if missing:
+        raise _damaged(path, f"its '{_CKPT_KEY}' header lacks {', '.join(missing)}")
+    version = payload["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _damaged(path, f"format_version {version!r} is not an integer 1..{CHECKPOINT_FORMAT_VERSION}")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise ClientError(f"{path}: checkpoint format_version {version} is newer than "
+                          f"{CHECKPOINT_FORMAT_VERSION}; upgrade openic")
+    return payload, tensors
+
+
+def _decode_parts(path: Path, payload: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Every part decoded and type-checked before anything is restored: a header that does not match its tensors
+    changes nothing in the model or optimizer."""
+    try:
+        parts = {k: _decode(payload[k], tensors) for k in _PARTS}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
+        raise _damaged(path, f"its header does not match its tensors ({type(e).__name__}: {e})") from None
+    model = parts["model"]
+    if not (isinstance(model, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in model.items())):
+        raise _damaged(path, "its model entry is not a map of tensor names to tensors")
+    for key, types in (("state", dict), ("optimizer", dict), ("rng", dict), ("scaler", (dict, type(None)))):
+        if not isinstance(parts[key], types):
+            raise _damaged(path, f"its {key} entry is {type(parts[key]).__name__}, not a JSON object")
+    return parts
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
                     check_state: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Restore model, optimizer, scaler and RNG states in place; return the ``state`` given to save_checkpoint.
 
     ``check_state`` sees that ``state`` before anything is restored, so a caller can refuse a checkpoint of
     another run with its own message rather than a weights-shape mismatch.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ClientError: naming the file, for a damaged or truncated file (suggesting ``--no-resume``), a newer format,
+            or states that do not fit the model, optimizer or scaler given.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            header = (f.metadata() or {}).get(_CKPT_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise ClientError(f"{path}: not a readable openic checkpoint ({e})") from e
-    if header is None:
-        raise ClientError(f"{path}: safetensors file without the '{_CKPT_KEY}' header: not an openic checkpoint")
-    payload = json.loads(header)
-    if int(payload.get("format_version", 0)) > CHECKPOINT_FORMAT_VERSION:
-        raise ClientError(f"{path}: checkpoint format_version {payload['format_version']} is newer than "
-                          f"{CHECKPOINT_FORMAT_VERSION}; upgrade openic")
-    state = _decode(payload["state"], tensors)
+    parts = _decode_parts(path, *_read_checkpoint(path))
     if check_state is not None:
-        check_state(state)
-    load_state_strict(unwrap_model(model), _decode(payload["model"], tensors), str(path))
+        check_state(parts["state"])
+    load_state_strict(unwrap_model(model), parts["model"], str(path))
     try:
-        optimizer.load_state_dict(_decode(payload["optimizer"], tensors))
-    except (ValueError, KeyError) as e:
+        optimizer.load_state_dict(parts["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise ClientError(f"{path}: optimizer state does not fit this optimizer ({e})") from e
-    if scaler is not None and payload["scaler"] is not None:
-        scaler.load_state_dict(_decode(payload["scaler"], tensors))
+    if scaler is not None and parts["scaler"] is not None:
+        try:
+            scaler.load_state_dict(parts["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ClientError(f"{path}: grad-scaler state does not fit this scaler ({e})") from e
     elif scaler is not None:
         logger.warning("%s: no grad-scaler state in the checkpoint; the scaler starts fresh", path)
-    elif payload["scaler"] is not None:
+    elif parts["scaler"] is not None:
         logger.warning("%s: the checkpoint's grad-scaler state is ignored (no scaler passed)", path)
-    _set_rng_state(_decode(payload["rng"], tensors), str(path))
-    return state
+    try:
+        _set_rng_state(parts["rng"], str(path))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise _damaged(path, f"its RNG states cannot be restored ({type(e).__name__}: {e})") from None
+    return parts["state"]

@@ -1,4 +1,4 @@
-"""State-dict helpers shared by model artifacts and resume checkpoints: unwrap, clean keys, strict load.
+"""State-dict helpers shared by model artifacts and resume checkpoints: unwrap, clean keys, strict load, read.
 
 Weights are always stored from the unwrapped module, so no loader needs to strip ``module.``/``_orig_mod.``.
 """
@@ -6,7 +6,10 @@ Weights are always stored from the unwrapped module, so no loader needs to strip
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from openic.errors import AlgorithmError, ClientError
@@ -33,9 +36,12 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {keys[k]: t.detach().to("cpu").contiguous() for k, t in state.items()}
 
 
-def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` whose error names the file and the missing/unexpected/mis-shaped keys."""
-    own = model.state_dict()
+def check_state_fits(own: Mapping[str, Tensor], state: Mapping[str, Tensor], source: str) -> None:
+    """Raise a ClientError naming ``source`` and the missing/unexpected/mis-shaped keys unless ``state`` fits ``own``.
+
+    ``own`` may live on the ``meta`` device: only names and shapes are compared, so a model can be checked before
+    it is allocated.
+    """
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
@@ -45,4 +51,29 @@ def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str
                 if keys]
     if problems:
         raise ClientError(f"{source}: weights do not fit the model: {'; '.join(problems)}")
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` whose error names the file and the missing/unexpected/mis-shaped keys."""
+    check_state_fits(model.state_dict(), state, source)
     model.load_state_dict(state, strict=True)
+
+
+def load_weights_file(path: Path) -> dict[str, Tensor]:
+    """The tensors of a plain safetensors weights file (``checkpoints/best.safetensors``, pretrained weights).
+
+    ``safetensors.torch.load_file`` raises its own SafetensorError on a damaged file; a user who copied or
+    truncated the file needs the path and what to do instead.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ClientError: naming the file when it is not a complete safetensors file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ClientError(f"{path}: not a complete safetensors weights file, damaged or truncated? ({e}); "
+                          f"write it again or delete it") from e
