@@ -26,7 +26,7 @@ _EXPORTS = {
     "make_cifar10": "openic.prep.samples",
     "create_model": "openic.models",
     "Channel": "openic.data.sources",
-    "TrainConfig": "openic.train.setup",
+    "TrainConfig": "openic.train.config",
     "fit": "openic.train.loop",
     "load_model": "openic.artifacts.model",
 }

@@ -28,17 +28,17 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from openic.data.sources import Source
 from openic.data.transforms import Augmenter, resize_shorter
 from openic.errors import ClientError, DataError
-from openic.formats.images import decode_image
+from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_MB = 4096  # decoded bytes kept in memory at most; `openic train --cache-mb`
 
 
-def decode_one(source: Source, i: int, channels: int) -> torch.Tensor:
+def decode_one(source: Source, i: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
     """Decode image ``i`` to a ``[C, h, w]`` uint8 tensor; errors name the file and record."""
     try:
-        array = decode_image(source.read(i), channels=channels)
+        array = decode_image(source.read(i), channels=channels, max_pixels=max_pixels)
     except DataError as e:
         raise DataError(f"{source.describe(i)}: {e}") from None
     if not array.flags.writeable or not array.flags.c_contiguous:
@@ -55,9 +55,9 @@ class Cached:
 
 
 def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int = DEFAULT_CACHE_MB,
-                 progress: bool = False) -> Cached | None:
+                 progress: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Cached | None:
     """Decode every image into one ``[N, C, h, w]`` tensor, or ``None`` if sizes differ or it would not fit."""
-    first = decode_one(source, 0, channels)
+    first = decode_one(source, 0, channels, max_pixels)
     min_h, min_w = first.shape[1:]
     if resize is not None:
         first = resize_shorter(first[None], resize)[0]
@@ -75,7 +75,7 @@ def cache_images(source: Source, channels: int, resize: int | None, limit_mb: in
 
         indices = tqdm(indices, desc="decoding", unit="img", leave=False, initial=1, total=n)
     for i in indices:
-        img = decode_one(source, i, channels)
+        img = decode_one(source, i, channels, max_pixels)
         min_h, min_w = min(min_h, img.shape[1]), min(min_w, img.shape[2])
         if resize is not None:
             img = resize_shorter(img[None], resize)[0]
@@ -104,8 +104,10 @@ def _collate(items: list) -> object:
 class _StreamDataset(Dataset):
     """One decoded, resized, cropped image per item (geometry per sample; photometric work is done per batch)."""
 
-    def __init__(self, source: Source, augmenter: Augmenter, channels: int, train: bool, seed: int) -> None:
+    def __init__(self, source: Source, augmenter: Augmenter, channels: int, train: bool, seed: int,
+                 max_pixels: int) -> None:
         self.source, self.augmenter, self.channels, self.train, self.seed = source, augmenter, channels, train, seed
+        self.max_pixels = max_pixels
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -113,7 +115,7 @@ class _StreamDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | _Failure:
         try:
-            img = decode_one(self.source, i, self.channels)[None]
+            img = decode_one(self.source, i, self.channels, self.max_pixels)[None]
         except (ClientError, OSError) as e:  # already names the file and record
             return _Failure(isinstance(e, FileNotFoundError), str(e))
         try:
@@ -139,7 +141,7 @@ class BatchStream:
     images: torch.Tensor | None = None  # the in-memory path when set
     workers: int = 0
     prefetch: bool = False  # build in-memory batches in a background thread (pays off when a GPU trains)
-    shard: tuple[int, int] = (0, 1)  # (rank, world size): each rank takes every world-th sample
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # refuse images declaring more pixels, before decoding
 
     def __post_init__(self) -> None:
         self.labels = torch.from_numpy(self.source.labels)
@@ -147,7 +149,8 @@ class BatchStream:
         self._stream: _StreamDataset | None = None
         if self.images is None:
             channels = self.augmenter.image_shape[0]
-            self._stream = _StreamDataset(self.source, self.augmenter, channels, self.train, self.seed)
+            self._stream = _StreamDataset(self.source, self.augmenter, channels, self.train, self.seed,
+                                          self.max_pixels)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -160,16 +163,13 @@ class BatchStream:
             order = torch.arange(n)
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
-        rank, world = self.shard
-        order = order[rank::world]
         if self.train and len(order) % self.batch_size == 1:  # BatchNorm needs 2+ images in a training batch
             order = torch.cat([order, order[:1]])
         return order
 
     def __len__(self) -> int:
         """Batches per epoch, from the counts alone (no permutation drawn)."""
-        rank, world = self.shard
-        n = len(range(rank, len(self.source), world))
+        n = len(self.source)
         if self.train and n % self.batch_size == 1:
             n += 1
         return -(-n // self.batch_size)

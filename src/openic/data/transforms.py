@@ -51,6 +51,7 @@ from torch import Tensor
 
 from openic.errors import ClientError
 from openic.formats.images import resized_hw
+from openic.hyperparams import MAX_RESIZE, parse_image_shape
 
 FILL_VALUE = 127
 _FLT_EPSILON = 1.1920928955078125e-07  # C's FLT_EPSILON: OpenCV's "grey pixel" threshold in RGB2HLS
@@ -305,13 +306,6 @@ def hls_jitter(x: Tensor, offsets: Tensor) -> Tensor:
                        (sat + off[:, 1]).clamp_(0, 255))
 
 
-def _check_image_shape(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    shape = tuple(int(v) for v in image_shape)
-    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) <= 0:
-        raise ClientError(f"image_shape must be C,H,W with C in (1, 3) and H, W > 0, got {image_shape}")
-    return shape  # type: ignore[return-value]
-
-
 class Augmenter:
     """One ``augmentation_type`` preset applied to uint8 ``[N, C, h, w]`` batches.
 
@@ -324,11 +318,11 @@ class Augmenter:
         if augmentation_type not in PRESETS:
             raise ClientError(f"augmentation_type must be one of {', '.join(AUGMENTATION_TYPES)} or unset, "
                               f"got {augmentation_type!r}")
-        if resize is not None and resize <= 0:
-            raise ClientError(f"resize must be a positive integer, got {resize}")
+        if resize is not None and not 1 <= resize <= MAX_RESIZE:
+            raise ClientError(f"resize must be an integer from 1 to {MAX_RESIZE}, got {resize}")
         self.augmentation_type = augmentation_type
         self.params = PRESETS[augmentation_type]
-        self.image_shape = _check_image_shape(image_shape)
+        self.image_shape = parse_image_shape(image_shape)
         self.resize = resize
         self.fill_value = fill_value
 
@@ -410,7 +404,7 @@ def inference_transform(x: Tensor, image_shape: tuple[int, int, int]) -> Tensor:
     if x.dim() == 3:
         x = x[None]
     _check_batch(x)
-    channels, height, width = _check_image_shape(image_shape)
+    channels, height, width = parse_image_shape(image_shape)
     if x.shape[1] != channels:
         raise ClientError(f"image has {x.shape[1]} channels but the model expects {channels} (image_shape "
                           f"{','.join(map(str, image_shape))})")

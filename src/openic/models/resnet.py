@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openic.errors import ClientError
+from openic.hyperparams import MAX_CLASSES, parse_image_shape
 from openic.models.depths import DEPTHS, SMALL_STEM_MAX_HEIGHT, Layout, min_image_side
 
 logger = logging.getLogger(__name__)
@@ -107,9 +108,6 @@ class Bottleneck(nn.Module):
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
-SUPPORTED_CHANNELS = (1, 3)
-
-
 class ResNet(nn.Module):
     """The whole network: ``bn_data`` → stem (``conv0`` [+ ``bn0``, ReLU, max-pool]) → stages → ``bn1`` → ReLU →
     global average pool → ``fc1``.
@@ -177,8 +175,8 @@ def _xavier_in(m: nn.Conv2d | nn.Linear) -> None:
 
 
 def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ClientError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+        raise ClientError(f"num_classes must be an integer from 1 to {MAX_CLASSES}, got {num_classes!r}")
 
 
 def create_model(num_layers: int, num_classes: int, image_shape: tuple[int, int, int]) -> ResNet:
@@ -192,12 +190,7 @@ def create_model(num_layers: int, num_classes: int, image_shape: tuple[int, int,
         supported = ", ".join(str(d) for d in sorted(DEPTHS))
         raise ClientError(f"num_layers={num_layers!r} is not supported; supported depths: {supported}")
     _check_num_classes(num_classes)
-    shape = tuple(image_shape)
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-        raise ClientError(f"image_shape must be three positive integers C,H,W, got {image_shape!r}")
-    c, h, w = shape
-    if c not in SUPPORTED_CHANNELS:
-        raise ClientError(f"image_shape {c},{h},{w}: {c} channels is not supported; use 1 (gray) or 3 (RGB)")
+    c, h, w = parse_image_shape(image_shape)
     low = min_image_side(num_layers, h)
     if h < low or w < low:
         raise ClientError(

@@ -23,17 +23,11 @@ from openic.data.transforms import to_float_input
 from openic.hyperparams import HyperParameters
 from openic.tracking import FileTracker, Tracker
 from openic.train import optim
-from openic.train.metrics import Accuracy, LossFn, make_loss
-from openic.train.run_state import Checkpointer, RunState
-from openic.train.sagemaker_log import log_configuration
-from openic.train.setup import (
-    DataBundle,
-    TrainConfig,
-    build_data,
-    build_model,
-    pick_device,
-    progress_enabled,
-)
+from openic.train.config import TrainConfig
+from openic.train.metrics import Accuracy, LossFn, make_loss, prefixed
+from openic.train.run_state import Checkpointer, RunState, improved, should_stop_early
+from openic.train.sagemaker_log import log_configuration, log_epoch_train
+from openic.train.setup import DataBundle, build_data, build_model, pick_device, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +101,7 @@ def train_one_epoch(step: Step, batches, hp: HyperParameters, run: RunState, epo
             values = window.result()
             metrics = "\t".join(f"{k}={v:f}" for k, v in values.items() if k != "loss")
             log.info("Epoch[%d] Batch [%d]\tSpeed: %.3f samples/sec\t%s", epoch, nbatch, speed, metrics)
-            tracker.log_metrics({f"train:{k}": v for k, v in values.items()} | {
+            tracker.log_metrics(prefixed("train", values) | {
                 "learning_rate": lr, "samples_per_sec": speed}, step=run.num_update, epoch=epoch)
             window.reset()
             window_samples, tic = 0, time.perf_counter()
@@ -193,63 +187,51 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
     optim.warn_if_epoch_length_differs(hp, len(data.train))
     tracker = tracker or FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
-    ctx = _Epochs(hp, config, Step(model, optimizer, loss_fn, device, autocast, scaler), data, run, ckpt, tracker,
-                  progress_enabled(config), optim.steps_per_epoch(hp))
     try:
         tracker.log_params(hp.to_dict())
-        for epoch in range(run.epochs_done, hp.epochs):
-            if _run_epoch(ctx, epoch):
-                break
+        _train_epochs(hp, config, Step(model, optimizer, loss_fn, device, autocast, scaler), data, run, ckpt, tracker)
     except BaseException:
         tracker.close()  # what was logged stays on disk; the run resumes from the last checkpoint
         raise
     return _finish(ckpt, run, model, class_names, tracker)
 
 
-@dataclass
-class _Epochs:
-    """Everything an epoch needs, built once by ``fit``."""
-
-    hp: HyperParameters
-    config: TrainConfig
-    step: Step
-    data: DataBundle
-    run: RunState
-    ckpt: Checkpointer
-    tracker: Tracker
-    progress: bool
-    epoch_steps: int
-
-
-def _run_epoch(ctx: _Epochs, epoch: int) -> bool:
-    """Train, re-estimate BatchNorm statistics, validate, log, checkpoint; True when training should stop early."""
-    hp, step, data, run = ctx.hp, ctx.step, ctx.data, ctx.run
-    data.train.set_epoch(epoch)
-    recent: deque = deque(maxlen=ctx.config.precise_bn_batches)
-    tic = time.perf_counter()
-    train = train_one_epoch(step, data.train, hp, run, epoch, log_every=ctx.config.log_every,
-                            epoch_steps=ctx.epoch_steps, tracker=ctx.tracker, progress=ctx.progress,
-                            keep=recent if recent.maxlen else None)
-    recalibrate_batchnorm(step.model, list(recent), step.autocast)
-    for name, value in train.items():
-        if name != "loss":
-            log.info("Epoch[%d] Train-%s=%f", epoch, name, value)
-    elapsed = time.perf_counter() - tic
-    log.info("Epoch[%d] Time cost=%.3f", epoch, elapsed)
-    val = evaluate(step.model, data.validation, hp, step.device, step.autocast, step.loss_fn)
-    log.info("Epoch[%d] Validation-accuracy=%f", epoch, val["accuracy"])
-    record = {f"train:{k}": v for k, v in train.items()} | {f"validation:{k}": v for k, v in val.items()}
-    record |= {"learning_rate": optim.learning_rate_at(hp, run.num_update - 1, ctx.epoch_steps),
-               "epoch_time": elapsed, "samples_per_sec": len(data.train_source) / data.world_size / elapsed}
-    ctx.tracker.log_metrics(record, step=run.num_update, epoch=epoch)
-    run.history.append({"epoch": epoch, **record})
-    ctx.ckpt.after_epoch(run, epoch, val["accuracy"], step.model)
-    run.stopped_early = ctx.ckpt.should_stop_early(run, epoch)
-    ctx.ckpt.save(run, step.model, step.optimizer, step.scaler)
-    if run.stopped_early:
-        log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
-                 hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
-    return run.stopped_early
+def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, data: DataBundle, run: RunState,
+                  ckpt: Checkpointer, tracker: Tracker) -> None:
+    """Per epoch: train, re-estimate BatchNorm statistics, validate, log, keep weights, checkpoint, maybe stop."""
+    epoch_steps, progress = optim.steps_per_epoch(hp), progress_enabled(config)
+    for epoch in range(run.epochs_done, hp.epochs):
+        data.train.set_epoch(epoch)
+        recent: deque = deque(maxlen=config.precise_bn_batches)
+        tic = time.perf_counter()
+        train = train_one_epoch(step, data.train, hp, run, epoch, log_every=config.log_every,
+                                epoch_steps=epoch_steps, tracker=tracker, progress=progress,
+                                keep=recent if recent.maxlen else None)
+        recalibrate_batchnorm(step.model, list(recent), step.autocast)
+        elapsed = time.perf_counter() - tic
+        log_epoch_train(epoch, train, elapsed)
+        val = evaluate(step.model, data.validation, hp, step.device, step.autocast, step.loss_fn)
+        accuracy = val["accuracy"]
+        log.info("Epoch[%d] Validation-accuracy=%f", epoch, accuracy)
+        record = prefixed("train", train) | prefixed("validation", val) | {
+            "learning_rate": optim.learning_rate_at(hp, run.num_update - 1, epoch_steps), "epoch_time": elapsed,
+            "samples_per_sec": len(data.train_source) / elapsed}
+        tracker.log_metrics(record, step=run.num_update, epoch=epoch)
+        run.history.append({"epoch": epoch, **record})
+        run.epochs_done = epoch + 1
+        if hp.early_stopping:
+            gained = improved(run.best_accuracy, accuracy, hp.early_stopping_tolerance)
+            run.epochs_without_improvement = 0 if gained else run.epochs_without_improvement + 1
+        if run.best_accuracy is None or accuracy > run.best_accuracy:  # strictly better, as SageMaker keeps it
+            run.best_accuracy, run.best_epoch = accuracy, epoch
+            ckpt.save_best(step.model, accuracy)
+        ckpt.save_periodic(run, epoch, step.model)
+        run.stopped_early = should_stop_early(hp, run, epoch)
+        ckpt.save(run, step.model, step.optimizer, step.scaler)
+        if run.stopped_early:
+            log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
+                     hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
+            return
 
 
 def _finish(ckpt: Checkpointer, run: RunState, model: nn.Module, class_names: list[str] | None,

@@ -64,6 +64,11 @@ class Accuracy:
         return out
 
 
+def prefixed(split: str, values: dict[str, float]) -> dict[str, float]:
+    """Metric names as tracked (``train:accuracy``, ``validation:top_k_accuracy_5``): one spelling everywhere."""
+    return {f"{split}:{k}": v for k, v in values.items()}
+
+
 def make_loss(multi_label: bool, use_weighted_loss: bool, train_labels: np.ndarray,
               device: torch.device) -> LossFn:
     """The training loss for the label kind; weights come from the training labels' class balance."""

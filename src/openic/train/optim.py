@@ -48,14 +48,14 @@ def build_optimizer(hp: HyperParameters, model: nn.Module) -> torch.optim.Optimi
     raise AssertionError(f"optimizer {hp.optimizer!r} passed validation but has no implementation")
 
 
-def steps_per_epoch(hp: HyperParameters, world_size: int = 1) -> int:
+def steps_per_epoch(hp: HyperParameters) -> int:
     """Updates per epoch for the schedule, from ``num_training_samples`` as MXNet's fit.py computes it."""
-    return max(1, math.ceil(hp.num_training_samples // world_size / hp.mini_batch_size))
+    return max(1, math.ceil(hp.num_training_samples / hp.mini_batch_size))
 
 
-def warn_if_epoch_length_differs(hp: HyperParameters, batches: int, world_size: int = 1) -> None:
+def warn_if_epoch_length_differs(hp: HyperParameters, batches: int) -> None:
     """The schedule's epoch comes from ``num_training_samples``; say so when the data gives another length."""
-    expected = steps_per_epoch(hp, world_size)
+    expected = steps_per_epoch(hp)
     if expected != batches:
         log.warning("num_training_samples=%d gives %d steps per epoch for the learning-rate schedule, but the train "
                     "channel gives %d batches per epoch", hp.num_training_samples, expected, batches)

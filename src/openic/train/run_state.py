@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from openic.artifacts import checkpoint_name, save_model
-from openic.artifacts.resume import clean_state_dict, load_checkpoint, save_checkpoint, unwrap_model
+from openic.artifacts.resume import load_checkpoint, save_checkpoint
+from openic.artifacts.state_dict import clean_state_dict, load_state_strict, load_weights_file, unwrap_model
 from openic.errors import ClientError
 from openic.fileio import atomic_path
 from openic.hyperparams import HyperParameters
@@ -44,8 +45,20 @@ class RunState:
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(clean_state_dict(unwrap_model(model).state_dict()), str(tmp))
+
+
+def improved(best: float | None, accuracy: float, tolerance: float) -> bool:
+    """Early stopping's test: the relative gain ``(acc - best) / best`` exceeds ``tolerance`` (a tie never does)."""
+    return best is None or (accuracy - best) / max(best, 1e-12) > tolerance
+
+
+def should_stop_early(hp: HyperParameters, run: RunState, epoch: int) -> bool:
+    """Stop after ``epoch`` when early stopping is on, the minimum epochs ran, and patience ran out."""
+    return (hp.early_stopping and epoch + 1 >= hp.early_stopping_min_epochs
+            and run.epochs_without_improvement >= hp.early_stopping_patience and epoch + 1 < hp.epochs)
 
 
 class Checkpointer:
@@ -77,30 +90,20 @@ class Checkpointer:
             raise ClientError(f"{self.out} holds a checkpoint of a run with other hyperparameters (differing: "
                               f"{', '.join(changed)}); use a new --output-dir, or --no-resume to start over")
 
-    def after_epoch(self, run: RunState, epoch: int, accuracy: float, model: nn.Module) -> None:
-        """Update best / periodic weights and the early-stopping counter for a finished epoch."""
-        run.epochs_done = epoch + 1
-        self.dir.mkdir(parents=True, exist_ok=True)
-        previous = run.best_accuracy
-        if self.hp.early_stopping:
-            gained = previous is None or (accuracy - previous) / max(previous, 1e-12) > self.hp.early_stopping_tolerance
-            run.epochs_without_improvement = 0 if gained else run.epochs_without_improvement + 1
-        if previous is None or accuracy > previous:
-            run.best_accuracy, run.best_epoch = accuracy, epoch
-            if self.hp.checkpoint_frequency is None:
-                log.info("Storing the best model with validation accuracy: %f", accuracy)
-                _save_weights(model, self.best)
-                log.info('Saved checkpoint to "%s"', self.best)
+    def save_best(self, model: nn.Module, accuracy: float) -> None:
+        """Keep the weights of a new best epoch (only when ``checkpoint_frequency`` is unset, as SageMaker)."""
+        if self.hp.checkpoint_frequency is None:
+            log.info("Storing the best model with validation accuracy: %f", accuracy)
+            _save_weights(model, self.best)
+            log.info('Saved checkpoint to "%s"', self.best)
+
+    def save_periodic(self, run: RunState, epoch: int, model: nn.Module) -> None:
+        """Every ``checkpoint_frequency``-th epoch's weights, all kept for ``model.tar.gz``."""
         freq = self.hp.checkpoint_frequency
         if freq is not None and (epoch + 1) % freq == 0:
             _save_weights(model, self.periodic(epoch))
             run.saved_epochs.append(epoch)
             log.info('Saved checkpoint to "%s"', self.periodic(epoch))
-
-    def should_stop_early(self, run: RunState, epoch: int) -> bool:
-        hp = self.hp
-        return (hp.early_stopping and epoch + 1 >= hp.early_stopping_min_epochs
-                and run.epochs_without_improvement >= hp.early_stopping_patience and epoch + 1 < hp.epochs)
 
     def save(self, run: RunState, model: nn.Module, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler | None) -> None:
@@ -113,7 +116,7 @@ class Checkpointer:
         checkpoints = None
         epoch = run.epochs_done - 1
         if self.hp.checkpoint_frequency is None and self.best.exists():
-            model.load_state_dict(load_file(str(self.best)))
+            load_state_strict(model, load_weights_file(self.best), str(self.best))
             epoch = run.best_epoch if run.best_epoch is not None else epoch
         elif self.hp.checkpoint_frequency is not None:
             checkpoints = {e: self.periodic(e) for e in run.saved_epochs}  # copied into the tar one at a time

@@ -40,3 +40,11 @@ def parameter_block(hp: HyperParameters) -> list[str]:
             f"image_shape: {c},{h},{w}", f"num_classes: {hp.num_classes}",
             f"augmentation_type: {hp.augmentation_type}", f"kv_store: {hp.kv_store or 'device'}",
             f"top_k: {hp.top_k}", checkpoint, "--------------------"]
+
+
+def log_epoch_train(epoch: int, train: dict[str, float], elapsed: float) -> None:
+    """``Epoch[k] Train-accuracy=...`` (and top-k) then ``Epoch[k] Time cost=...``, as MXNet's fit loop prints."""
+    for name, value in train.items():
+        if name != "loss":
+            log.info("Epoch[%d] Train-%s=%f", epoch, name, value)
+    log.info("Epoch[%d] Time cost=%.3f", epoch, elapsed)

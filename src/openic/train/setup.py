@@ -1,4 +1,4 @@
-"""Everything ``fit`` needs before its first step: options, device, data streams, the model.
+"""Everything ``fit`` needs before its first step: device, data streams, the model.
 
 Each function checks the user's input against the data before any training work starts, so a mistake fails in
 seconds with a ``ClientError`` that names the hyperparameter, file or value.
@@ -7,51 +7,25 @@ seconds with a ``ClientError`` that names the hyperparameter, file or value.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from openic.artifacts import load_model, read_model_metadata
+from openic.artifacts.state_dict import load_weights_file
 from openic.data.loader import BatchStream, cache_images
 from openic.data.sources import Channel, Source, open_channel
 from openic.data.transforms import Augmenter
 from openic.errors import ClientError
 from openic.hyperparams import HyperParameters
 from openic.models import create_model
+from openic.train.config import TrainConfig
 from openic.train.data_checks import cross_check
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Run options that are not SageMaker hyperparameters (SageMaker fixes these per instance)."""
-
-    output_dir: Path
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
-    cache_mb: int = 4096  # decode small data sets once into memory up to this size
-    resume: bool = True  # continue from output_dir/checkpoints when present
-    progress: bool | None = None  # progress bar; None = when stderr is a terminal
-    pretrained: Path | None = None  # ImageNet weights for use_pretrained_model=1
-    log_every: int = 20  # batches between Speedometer lines, as SageMaker
-    label_format: str = "multi-hot"  # augmented manifests: multi-hot | class-id
-    label_attribute: str | None = None  # augmented manifests: the label key (None: the only non-metadata key)
-    threads: int | None = None  # torch intra-op threads on CPU (None = torch's default)
-    precise_bn_batches: int = 2  # re-estimate BatchNorm statistics from the epoch's last N batches (0 = off)
-
-    def __post_init__(self) -> None:
-        for name, low in (("workers", 0), ("cache_mb", 0), ("precise_bn_batches", 0), ("log_every", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise ClientError(f"--{name.replace('_', '-')} {value!r} is not valid: expected an integer >= {low}")
-        if self.threads is not None and self.threads < 1:
-            raise ClientError(f"--threads {self.threads} is not valid: expected a positive integer")
 
 
 def pick_device(name: str) -> torch.device:
@@ -73,11 +47,10 @@ class DataBundle:
     train: BatchStream
     validation: BatchStream
     train_source: Source
-    world_size: int = 1
 
 
 def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
-               shard: tuple[int, int] = (0, 1), prefetch: bool = False) -> DataBundle:
+               prefetch: bool = False) -> DataBundle:
     """Open both channels, run the data cross-checks, and decide in-memory vs streaming per channel."""
     for required in ("train", "validation"):
         if required not in channels:
@@ -97,7 +70,8 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
     progress = progress_enabled(config)
     streams = {}
     for name, source in sources.items():
-        cached = cache_images(source, c, hp.resize, config.cache_mb, progress=progress)
+        cached = cache_images(source, c, hp.resize, config.cache_mb, progress=progress,
+                              max_pixels=config.max_image_pixels)
         images = cached.images if cached is not None else None
         if cached is not None:
             cross_check(hp, min_image_hw=cached.min_hw)
@@ -107,9 +81,9 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
         log.info("%s data: %d images, %s", name, len(source),
                  "decoded once into memory" if images is not None else "streamed from disk")
         streams[name] = BatchStream(source, augmenter, hp.mini_batch_size, train, config.seed, images=images,
-                                    workers=0 if images is not None else config.workers, shard=shard,
-                                    prefetch=prefetch)
-    return DataBundle(streams["train"], streams["validation"], sources["train"], world_size=shard[1])
+                                    workers=0 if images is not None else config.decode_workers,
+                                    prefetch=prefetch, max_pixels=config.max_image_pixels)
+    return DataBundle(streams["train"], streams["validation"], sources["train"])
 
 
 def _check_label_range(hp: HyperParameters, source: Source, channel: str) -> None:
@@ -175,9 +149,7 @@ def _load_pretrained(model: nn.Module, hp: HyperParameters, source: Path | None)
     if not source.exists():
         raise FileNotFoundError(f"pretrained weights not found: {source}")
     if source.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(source))
+        state = load_weights_file(source)
     else:
         state = load_model(source).model.state_dict()
     own = model.state_dict()

@@ -1,0 +1,175 @@
+"""SageMaker's training-job contract, shared by ``openic train``, ``openic demo``, the SDK and a container entry.
+
+A job is: hyperparameters from a JSON file (SageMaker's ``hyperparameters.json``) plus overrides, the channels,
+and run options. :func:`run_job` owns everything around :func:`openic.train.loop.fit`:
+
+- the output folder is locked for the run (an OS lock that dies with the process): a second job on the same
+  folder fails at once with a ``ClientError`` naming the folder and the other process, and writes nothing there;
+- the reason a job fails goes to ``OUTPUT_DIR/failure`` (SageMaker's ``/opt/ml/output/failure``), first line
+  prefixed ``ClientError:`` (the user's input) or ``AlgorithmError:`` (ours, with the traceback below);
+- exit codes: 0 done, 2 ``ClientError``, 1 ``AlgorithmError``, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM
+  (how SageMaker stops a job); after 130 or 143 the same command resumes from ``checkpoints/last``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from openic.errors import ClientError
+from openic.fileio import atomic_write_text, exclusive_lock
+from openic.hyperparams import HyperParameters, load_hyperparameters_file
+from openic.tracking import Tracker
+from openic.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+FAILURE = "failure"
+LOCK = ".openic-job.lock"
+EXIT_OK, EXIT_ALGORITHM, EXIT_CLIENT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+# The SageMaker workshop's settings (ResNet-18 at 3,28,28, batch 128, lr 0.01, as bench/train.py's "workshop"),
+# for the digits demo's 1,437 training images and a few epochs.
+DEMO_HYPERPARAMETERS = {
+    "num_layers": "18", "image_shape": "3,28,28", "num_classes": "10", "num_training_samples": "1437",
+    "mini_batch_size": "128", "epochs": "4", "learning_rate": "0.01", "augmentation_type": "crop",
+    "precision_dtype": "float32", "top_k": "2",
+}
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C (checkpoints stay as they were after the last completed epoch)."""
+
+
+@dataclass
+class JobResult:
+    """How a job ended: the exit code, the training result when it succeeded, the failure text otherwise."""
+
+    exit_code: int
+    result: object | None = None  # openic.train.loop.TrainResult
+    failure: str | None = None
+
+
+def resolve_hyperparameters(file: Path | None, overrides: Mapping[str, object]) -> HyperParameters:
+    """The job's hyperparameters: the file's values (if any), then ``overrides`` on top, parsed once."""
+    raw: dict[str, object] = dict(load_hyperparameters_file(file)) if file is not None else {}
+    return HyperParameters.from_strings(raw | dict(overrides))
+
+
+def check_output_dir(path: Path) -> Path:
+    """Create the output folder, or say clearly why it cannot be one (a file, no permission)."""
+    if path.exists() and not path.is_dir():
+        raise ClientError(f"--output-dir {path} is a file, not a folder; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ClientError(f"cannot create the output folder {path}: {e.strerror or e}") from None
+    return path
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the ``with`` body (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:  # a forked DataLoader worker: die as SIGTERM would
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, object], *,
+            hyperparameters_file: Path | None = None, overrides: Mapping[str, object] | None = None,
+            tracker: Tracker | None = None) -> JobResult:
+    """Run one training job under SageMaker's contract (see the module docstring); never raises for bad input.
+
+    ``options`` is a ``TrainConfig`` or its fields as a mapping (``output_dir`` required); a mapping is validated
+    once the output folder is locked, so a bad option is reported in that folder's ``failure`` file.
+    """
+    out = Path(options.output_dir if isinstance(options, TrainConfig) else options["output_dir"])  # type: ignore[arg-type]
+    with ExitStack() as held:
+        try:
+            check_output_dir(out)
+            held.enter_context(exclusive_lock(out / LOCK, f"the output folder {out}"))
+        except ClientError as e:  # another job owns the folder, or it cannot be one: write nothing into it
+            print(f"ClientError: {e}", file=sys.stderr)
+            return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
+        (out / FAILURE).unlink(missing_ok=True)
+        held.enter_context(_sigterm_raises())
+        return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker)
+
+
+def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str, object], out: Path,
+             file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None) -> JobResult:
+    try:
+        config = options if isinstance(options, TrainConfig) else TrainConfig(**options)  # type: ignore[arg-type]
+        hp = resolve_hyperparameters(file, overrides)
+        from openic.train.loop import fit  # torch and the data stack load only once the inputs parsed
+
+        result = fit(hp, dict(channels), config, tracker)  # type: ignore[arg-type]
+    except (ClientError, FileNotFoundError) as e:
+        return _failed(out, EXIT_CLIENT, f"ClientError: {e}")
+    except KeyboardInterrupt:
+        print("openic train: interrupted; run the same command again to resume", file=sys.stderr)
+        return JobResult(EXIT_INTERRUPTED)
+    except Terminated:
+        log.warning("Stopped by SIGTERM; %s holds the last completed epoch: run the same command again to resume",
+                    out / "checkpoints" / "last")
+        return JobResult(EXIT_TERMINATED)
+    except Exception as e:  # noqa: BLE001 - any other failure is ours: report it as SageMaker does
+        traceback.print_exc()
+        text = f"AlgorithmError: {type(e).__name__}: {e}"
+        return _failed(out, EXIT_ALGORITHM, f"{text}\n\n{traceback.format_exc()}", shown=f"{text} (details in "
+                       f"{out / FAILURE})")
+    print(f"model: {result.model_path}")
+    return JobResult(EXIT_OK, result=result)
+
+
+def _failed(out: Path, code: int, text: str, shown: str | None = None) -> JobResult:
+    """Write ``OUTPUT_DIR/failure``; if even that fails (read-only folder), say so beside the original reason."""
+    try:
+        atomic_write_text(out / FAILURE, text + "\n")
+    except ClientError as e:
+        print(f"(could not write the failure file: {e})", file=sys.stderr)
+    print(shown or text, file=sys.stderr)
+    return JobResult(code, failure=text)
+
+
+def run_demo(root: Path, *, epochs: int | str = DEMO_HYPERPARAMETERS["epochs"], seed: int = 0) -> JobResult:
+    """The workshop flow on the offline digits set: data → RecordIO → ResNet-18 → model.tar.gz + a chart."""
+    from openic.data.sources import Channel
+    from openic.prep.samples import make_digits
+
+    info = make_digits(root / "data")
+    print(info.summary())
+    channels = {"train": Channel("train", info.train_rec), "validation": Channel("validation", info.val_rec)}
+    config = TrainConfig(output_dir=root / "model", seed=seed, resume=False)
+    job = run_job(channels, config, overrides=DEMO_HYPERPARAMETERS | {"epochs": str(epochs)})
+    if job.exit_code == EXIT_OK:
+        try:
+            from openic.tracking.charts import plot_run
+
+            print(f"chart: {plot_run(config.output_dir)}")
+        except ClientError as e:
+            print(f"(no chart: {e})")
+    return job
