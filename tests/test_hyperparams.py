@@ -459,7 +459,7 @@ def test_parse_image_shape_and_sagemaker_string_are_the_schema_rules():
     assert parse_image_shape("3, 28, 28") == (3, 28, 28) and parse_image_shape([1, 4096, 4096]) == (1, 4096, 4096)
     with pytest.raises(ClientError, match=r"^meta\.json: image_shape \[3, 0, 32\] is not valid; expected 'C,H,W'"):
         parse_image_shape([3, 0, 32], "meta.json")
-    with pytest.raises(ClientError, match=r"^image_shape: image_shape '3,4097,4' is not valid; .* from 1 to 4096"):
+    with pytest.raises(ClientError, match=r"^image_shape '3,4097,4' is not valid; .* from 1 to 4096"):
         parse_image_shape("3,4097,4")
     with pytest.raises(ClientError, match=r"image_shape '3,9{37}\.\.\. is not valid"):
         parse_image_shape("3," + "9" * 500 + ",3")

@@ -17,14 +17,12 @@ from openic.errors import ClientError, DataError
 from openic.formats.lst import LstEntry, read_classes, read_lst, write_lst
 from openic.formats.recordio import RecordReader, unpack
 from openic.prep.im2rec import (
-    ListOptions,
     PackOptions,
     find_lst_files,
-    list_images,
-    make_list,
     pack_lst,
     pack_prefix,
 )
+from openic.prep.im2rec_list import ListOptions, list_images, make_list
 
 
 @pytest.fixture
@@ -62,9 +60,9 @@ def _lst_texts(paths):
 
 
 @needs_fixtures
-def test_list_digits_matches_mxnet_byte_for_byte(tmp_path, capsys, main):
+def test_list_digits_matches_mxnet_byte_for_byte(tmp_path, capsys, main, digits_images):
     prefix = tmp_path / "digits"
-    argv = ["im2rec", "--list", "--recursive", "--train-ratio", "0.8", "--quiet", str(prefix), str(FIXTURES / "digits")]
+    argv = ["im2rec", "--list", "--recursive", "--train-ratio", "0.8", "--quiet", str(prefix), str(digits_images)]
     assert main(argv) == 0
     for split in ("train", "val"):
         assert (tmp_path / f"digits_{split}.lst").read_bytes() == (FIXTURES / f"rec/digits_{split}.lst").read_bytes()
@@ -76,10 +74,10 @@ def test_list_digits_matches_mxnet_byte_for_byte(tmp_path, capsys, main):
 
 @needs_fixtures
 @pytest.mark.parametrize("threads", [1, 3])
-def test_pass_through_pack_matches_mxnet_byte_for_byte(tmp_path, threads, main):
+def test_pass_through_pack_matches_mxnet_byte_for_byte(tmp_path, threads, main, digits_images):
     shutil.copy(FIXTURES / "rec_passthrough/digits_val.lst", tmp_path / "digits_val.lst")
     argv = ["im2rec", "--pass-through", "--num-thread", str(threads), "--quiet", str(tmp_path / "digits"),
-            str(FIXTURES / "digits")]
+            str(digits_images)]
     assert main(argv) == 0
     for ext in (".rec", ".idx"):
         got = (tmp_path / f"digits_val{ext}").read_bytes()
@@ -96,9 +94,9 @@ def _assert_same_rec(got_rec: Path, want_rec: Path):
 
 
 @needs_fixtures
-def test_pack_label_multilabel_matches_mxnet(tmp_path):
+def test_pack_label_multilabel_matches_mxnet(tmp_path, digits_images):
     shutil.copy(FIXTURES / "multilabel/sm_multilabel.lst", tmp_path / "sm_multilabel.lst")
-    res = pack_lst(tmp_path / "sm_multilabel.lst", FIXTURES / "digits", tmp_path / "sm_multilabel",
+    res = pack_lst(tmp_path / "sm_multilabel.lst", digits_images, tmp_path / "sm_multilabel",
                    PackOptions(pack_label=True, quality=95, num_thread=2))
     assert res.written == 200 and res.skipped == ()
     assert (tmp_path / "sm_multilabel.idx").read_bytes() == (FIXTURES / "multilabel/sm_multilabel.idx").read_bytes()
@@ -108,9 +106,9 @@ def test_pack_label_multilabel_matches_mxnet(tmp_path):
 
 
 @needs_fixtures
-def test_reencoded_digits_val_matches_mxnet(tmp_path):
+def test_reencoded_digits_val_matches_mxnet(tmp_path, digits_images):
     shutil.copy(FIXTURES / "rec/digits_val.lst", tmp_path / "digits_val.lst")
-    pack_prefix(tmp_path / "digits_val", FIXTURES / "digits", PackOptions(quality=95))
+    pack_prefix(tmp_path / "digits_val", digits_images, PackOptions(quality=95))
     assert (tmp_path / "digits_val.idx").read_bytes() == (FIXTURES / "rec/digits_val.idx").read_bytes()
     _assert_same_rec(tmp_path / "digits_val.rec", FIXTURES / "rec/digits_val.rec")
 

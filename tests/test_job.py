@@ -53,8 +53,8 @@ def _cli(argv: list[str], **kw) -> subprocess.Popen:
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that owns ``folder`` as a running job would (the same lock, held until killed)."""
-    code = ("import sys, time; from pathlib import Path; from openic.fileio import exclusive_lock\n"
-            "with exclusive_lock(Path(sys.argv[1]), 'x'):\n    print('locked', flush=True); time.sleep(60)\n")
+    code = ("import sys, time; from pathlib import Path; from openic.fileio import FileLock\n"
+            "with FileLock(Path(sys.argv[1]), 'x'):\n    print('locked', flush=True); time.sleep(60)\n")
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder / LOCK)], env={**os.environ, "PYTHONPATH": SRC},
                             stdout=subprocess.PIPE, text=True)
@@ -72,7 +72,7 @@ def test_second_job_on_one_output_folder_is_refused_and_writes_nothing(tmp_path,
         holder.kill()
         holder.wait()
     assert rc == EXIT_CLIENT
-    assert str(out) in err and f"pid {holder.pid}" in err, err
+    assert str(out) in err and f"PID {holder.pid}" in err, err
     assert sorted(p.name for p in out.iterdir()) == [LOCK]  # no failure file in the other run's folder
     assert main(_argv(data, out, "--epochs", "1")) == EXIT_OK  # the lock died with its holder (kill -9)
 
@@ -89,7 +89,7 @@ def test_two_real_trainings_into_one_folder_one_refused(tmp_path, data):
     first.kill()
     first.communicate()
     assert second.returncode == EXIT_CLIENT, err
-    assert "in use by another process" in err and f"pid {first.pid}" in err
+    assert "another process" in err and f"PID {first.pid}" in err
     assert not (out / "failure").exists()
 
 
@@ -123,7 +123,7 @@ def test_write_failure_mid_training_names_the_file(tmp_path, data, monkeypatch, 
                   TrainConfig(output_dir=tmp_path), overrides=_hp(epochs=1))
     err = capsys.readouterr().err
     assert job.exit_code == EXIT_CLIENT
-    assert f"cannot write {tmp_path / 'checkpoints' / 'last'}: Permission denied" in job.failure
+    assert f"cannot write {tmp_path / 'checkpoints' / 'last'}: [Errno 13] Permission denied" in job.failure
     assert "could not write the failure file" in err and str(tmp_path / "failure") in err
     assert ".tmp-" not in job.failure
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp-" in p.name]
@@ -176,3 +176,16 @@ def _hp(**extra):
     pairs = dict(zip(HP[::2], HP[1::2], strict=True))
     return {k.lstrip("-"): v for k, v in pairs.items()} | {"num_training_samples": "32"} | {
         k: str(v) for k, v in extra.items()}
+
+
+def test_single_label_run_on_multi_column_labels_names_the_record(tmp_path, data, capsys):
+    rec = tmp_path / "wide.rec"
+    img = encode_image(np.full((8, 8, 3), 7, np.uint8), ".png")
+    with RecordWriter(rec, rec.with_suffix(".idx")) as w:
+        for i in range(32):
+            w.write(pack(IRHeader(2, (1.0, 0.0), i, 0), img), key=i)
+    argv = _argv(data, tmp_path / "out", "--epochs", "1")
+    argv[argv.index("--train") + 1] = str(rec)
+    assert main(argv) == EXIT_CLIENT
+    failure = (tmp_path / "out" / "failure").read_text()
+    assert f"{rec} (record 0 at offset 0): The data has 2 labels per image but multi_label is 0" in failure

@@ -20,7 +20,7 @@ _EXPORTS = {
     "pack": "openic.formats.recordio",
     "unpack": "openic.formats.recordio",
     "decode_image": "openic.formats.images",
-    "make_list": "openic.prep.im2rec",
+    "make_list": "openic.prep.im2rec_list",
     "pack_lst": "openic.prep.im2rec",
     "make_digits": "openic.prep.samples",
     "make_cifar10": "openic.prep.samples",

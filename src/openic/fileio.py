@@ -1,4 +1,4 @@
-"""Atomic file writes and exclusive locks (stdlib only, so every layer may use them).
+"""Atomic file writes and one-writer locks (stdlib only, so every layer may use them).
 
 A file appears under its final name only once it is complete and flushed to disk; a writer killed midway leaves
 at most a hidden ``.NAME.tmp-HOST-PID`` beside it, which a later write removes once that process is gone (never
@@ -8,6 +8,7 @@ the temp file of a live process: torchrun ranks and parallel jobs may share a fo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -71,7 +72,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         except OSError as cleanup:
             log.warning("could not remove the temporary file %s: %s", tmp, cleanup)
         if isinstance(e, OSError):
-            raise OutputError(f"cannot write {dest}: {e.strerror or e}") from e
+            raise OutputError(f"cannot write {dest}: {os_reason(e)}") from e
         raise
     _sweep_stale(dest)
     try:  # make the rename itself durable; not every filesystem allows fsync on a directory
@@ -91,31 +92,63 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 class LockedError(ClientError):
-    """Another live process holds the lock; the message names the locked path and that process."""
+    """Another live process holds the lock; the message names the locked thing and that process."""
 
 
-@contextmanager
-def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
-    """Hold an OS lock (``flock``) on ``lock_path`` for the ``with`` body, or fail at once if another process has it.
+def os_reason(e: OSError) -> str:
+    """``[Errno 28] No space left on device``, without the (temporary) file name ``str(e)`` would add."""
+    return f"[Errno {e.errno}] {e.strerror}" if e.errno and e.strerror else str(e)
 
-    The lock dies with its process (``kill -9`` included), so a crashed run never leaves a folder locked; the file
-    keeps the holder's host and PID so the refusal can name it. ``what`` names the thing locked in the message.
+
+class FileLock:
+    """An exclusive ``flock`` on a hidden lock file holding our PID, taken without waiting, for one writer at a time.
+
+    The kernel drops the lock when its process dies (``kill -9`` included), so a crash never leaves anything
+    locked. The file is deleted while still locked on release, and a lock is only kept on a file still under its
+    name, so a process that opened the file just before it was deleted cannot hold a lock nobody else sees. On a
+    file system without locks the writer goes on unprotected, with a warning. ``what`` starts the refusal message.
     """
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise OutputError(f"cannot create the lock file {lock_path}: {e.strerror or e}") from e
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OutputError(f"cannot lock {lock_path}: {e.strerror or e}") from e
-            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown process"
-            raise LockedError(f"{what} is in use by another process ({holder}); wait for it to finish or "
-                              f"choose another location") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.fd = Path(path), None
+        while self.fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OutputError(f"{what}: cannot create the lock file {self.path}: {os_reason(e)}") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # e.g. a file system without locks
+                    log.warning("cannot lock %s (%s): going on without protection from a second writer", self.path,
+                                os_reason(e))
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
+                    return
+                raise LockedError(f"{what}: another process (PID {holder}) is using it; wait for it to finish or "
+                                  f"stop it (lock file {self.path})") from None
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self.fd = fd
+            else:  # its holder deleted it between our open and our flock: lock the new file
+                os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -165,7 +165,7 @@ def _to_steps(v: object) -> tuple[int, ...]:
     return steps
 
 
-def parse_image_shape(value: object, where: str = "image_shape") -> tuple[int, int, int]:
+def parse_image_shape(value: object, where: str | None = None) -> tuple[int, int, int]:
     """``C,H,W`` (a string or three integers) as the schema accepts it; the one image_shape check for every layer.
 
     Raises:
@@ -175,7 +175,8 @@ def parse_image_shape(value: object, where: str = "image_shape") -> tuple[int, i
         return _to_shape(value)
     except (ValueError, TypeError):
         shown = _echo(value, repr)
-        raise ClientError(f"{where}: image_shape {shown} is not valid; expected {_EXPECTS['shape']}") from None
+        prefix = f"{where}: " if where else ""
+        raise ClientError(f"{prefix}image_shape {shown} is not valid; expected {_EXPECTS['shape']}") from None
 
 
 _PARSERS = {"int": _to_int, "float": _to_float, "bool": _to_bool, "shape": _to_shape, "steps": _to_steps,

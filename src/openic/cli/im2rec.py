@@ -7,7 +7,9 @@ images under ROOT.
 
 Differences from MXNet: a malformed .lst line or a path leaving ROOT is an error (MXNet skips the line); a
 missing or undecodable image is reported with file:line and the packing fails without writing a .rec unless
---skip-bad is given (MXNet skips silently); --color -1 is not supported; output files appear atomically.
+--skip-bad is given (MXNet skips silently); so is an image declaring more than --max-image-pixels pixels;
+--color -1 is not supported; --chunks may not leave a list empty; output files appear atomically, and a second
+im2rec packing the same .rec fails at once instead of corrupting it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import argparse
 import logging
 import sys
 
+from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 from openic.logs import setup_logging
-from openic.prep.im2rec import DEFAULT_EXTS, ListOptions, PackOptions, make_list, pack_prefix
+from openic.prep.im2rec import PackOptions, pack_prefix
+from openic.prep.im2rec_list import DEFAULT_EXTS, ListOptions, make_list
 
 
 def _bool(text: str) -> bool:
@@ -42,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = p.add_argument_group("options for creating image lists")
     c.add_argument("--list", action="store_true", help="create image list(s) from ROOT instead of packing")
     c.add_argument("--exts", nargs="+", default=list(DEFAULT_EXTS), help="image extensions (default: %(default)s)")
-    c.add_argument("--chunks", type=int, default=1, help="number of chunks (default: %(default)s)")
+    c.add_argument(
+        "--chunks", type=int, default=1, help="number of chunks, at most the number of images (default: %(default)s)"
+    )
     c.add_argument("--train-ratio", type=float, default=1.0, help="fraction for training (default: %(default)s)")
     c.add_argument("--test-ratio", type=float, default=0.0, help="fraction for testing (default: %(default)s)")
     c.add_argument(
@@ -59,17 +65,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = p.add_argument_group("options for creating the record files")
     r.add_argument("--pass-through", action="store_true", help="store the image files' bytes unchanged")
-    r.add_argument("--resize", type=int, default=0, help="resize the shorter side to this many pixels (0: keep)")
+    r.add_argument(
+        "--resize", type=int, default=0, help="resize the shorter side to this many pixels, 1-65535 (0: keep)"
+    )
     r.add_argument("--center-crop", action="store_true", help="crop the centre square before resizing")
     r.add_argument(
         "--quality", type=int, default=95, help="JPEG quality 1-100, or PNG compression 0-9 (default: %(default)s)"
     )
-    r.add_argument("--num-thread", type=int, default=1, help="encoding threads; output order is kept")
+    r.add_argument("--num-thread", type=int, default=1, help="encoding threads, 1-256; output order is kept")
     r.add_argument("--color", type=int, default=1, choices=[1, 0], help="1: colour (default), 0: grayscale")
     r.add_argument("--encoding", default=".jpg", choices=[".jpg", ".png"], help="image encoding (default: .jpg)")
     r.add_argument("--pack-label", action="store_true", help="store every label column of a multi-label .lst")
     r.add_argument(
         "--skip-bad", action="store_true", help="pack the readable images even if some are missing or undecodable"
+    )
+    r.add_argument(
+        "--max-image-pixels",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="treat images declaring more pixels (width x height) than this, or resized to more, as unreadable, "
+        "before decoding them (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no INFO messages")
     p.set_defaults(func=run)
@@ -103,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         pack_label=args.pack_label,
         skip_bad=args.skip_bad,
         progress=not args.quiet and sys.stderr.isatty(),
+        max_image_pixels=args.max_image_pixels,
     )
     for res in pack_prefix(args.prefix, args.root, options):
         skipped = f", skipped {len(res.skipped)}" if res.skipped else ""

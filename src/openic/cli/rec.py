@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from openic.errors import ClientError
+from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 from openic.formats.rec_inspect import index_records, inspect_records
 
 
@@ -28,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("rec", metavar="FILE.rec", type=Path)
     i.add_argument("--idx", metavar="FILE.idx", type=Path, help="index file (default: FILE.idx beside FILE.rec)")
     i.add_argument("--decode", action="store_true", help="decode images: add shape, sum, csum, pix_md5")
+    i.add_argument(
+        "--max-image-pixels",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="with --decode, refuse images whose header declares more pixels (width x height) than this, before "
+        "decoding them (default: %(default)s)",
+    )
     i.set_defaults(func=run_inspect)
 
     x = actions.add_parser("index", help="write the missing .idx of a .rec by scanning it")
@@ -44,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     out = sys.stdout
-    for info in inspect_records(args.rec, args.idx, decode=args.decode):
+    if args.max_image_pixels < 1:
+        raise ClientError(f"--max-image-pixels must be a positive integer, got {args.max_image_pixels}")
+    for info in inspect_records(args.rec, args.idx, decode=args.decode, max_pixels=args.max_image_pixels):
         out.write(json.dumps(info) + "\n")
     return 0
 

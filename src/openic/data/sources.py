@@ -31,7 +31,7 @@ class RecordSource:
     """Records of one or more ``.rec`` files, in file order, found by one scan (an ``.idx`` is not needed, as in
     SageMaker; a stale one beside the file is ignored)."""
 
-    def __init__(self, rec_paths: list[Path]) -> None:
+    def __init__(self, rec_paths: list[Path], *, num_classes: int | None = None) -> None:
         self.paths = list(rec_paths)
         self._readers: list[RecordReader] | None = None
         self.locations: list[tuple[int, int]] = []  # (file number, offset)
@@ -44,7 +44,7 @@ class RecordSource:
                     header, _ = unpack_checked(record, path, span.offset)
                     self.locations.append((fno, span.offset))
                     labels.append(header.label if isinstance(header.label, tuple) else (header.label,))
-        self.labels = _label_matrix(labels, self.describe)
+        self.labels = _label_matrix(labels, self.describe, num_classes)
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -105,14 +105,23 @@ class Channel:
     lst: Path | None = None
 
 
-def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str]) -> np.ndarray:
-    """``[N, L]`` float32 labels; every image must carry the same number of labels."""
+def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str],
+                  num_classes: int | None = None) -> np.ndarray:
+    """``[N, L]`` float32 labels; every image carries the same number, ``num_classes`` when given (multi-label).
+
+    The first image that differs is named (file:line, or file and record) with both widths, in SageMaker's words.
+    """
     if not labels:
         raise ClientError("no images found")
-    width = len(labels[0])
+    width = len(labels[0]) if num_classes is None else num_classes
     for i, lab in enumerate(labels):
-        if len(lab) != width:
-            raise DataError(f"{describe(i)}: has {len(lab)} labels, but {describe(0)} has {width}; all must agree")
+        if len(lab) == width:
+            continue
+        if num_classes is not None:
+            raise DataError(f"{describe(i)}: Mismatch between number of labels in the multi-label data ({len(lab)}) "
+                            f"and the num_classes parameter ({num_classes}).")
+        raise DataError(f"{describe(i)}: Mismatch between number of labels in the multi-label data ({len(lab)}) "
+                        f"and those of {describe(0)} ({width}); every image needs the same number.")
     return np.asarray(labels, dtype=np.float32).reshape(len(labels), width)
 
 
@@ -120,19 +129,19 @@ def _find(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def _lst_source(lst_files: list[Path], root: Path) -> FileListSource:
+def _lst_source(lst_files: list[Path], root: Path, num_classes: int | None = None) -> FileListSource:
     files: list[Path] = []
     labels: list[tuple[float, ...]] = []
     origins: list[str] = []
     for lst in lst_files:
-        for lineno, entry in read_lst_with_lines(lst):
+        for lineno, entry in read_lst_with_lines(lst, num_classes=num_classes):
             source = f"{lst}:{lineno}"
             path = resolve_image_path(root, entry.path, source=source)
             _require_file(path, source, root)
             files.append(path)
             labels.append(tuple(entry.labels))
             origins.append(source)
-    return FileListSource(files, _label_matrix(labels, origins.__getitem__), origins)
+    return FileListSource(files, _label_matrix(labels, origins.__getitem__, num_classes), origins)
 
 
 def _manifest_source(manifest: Path, label_format: str, num_classes: int | None,
@@ -151,7 +160,7 @@ def _manifest_source(manifest: Path, label_format: str, num_classes: int | None,
         files.append(path)
         labels.append(tuple(entry.labels))
         origins.append(source)
-    return FileListSource(files, _label_matrix(labels, origins.__getitem__), origins)
+    return FileListSource(files, _label_matrix(labels, origins.__getitem__, num_classes), origins)
 
 
 def _require_file(path: Path, source: str, root: Path) -> None:
@@ -166,6 +175,8 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
 
     ``label_format``/``label_attribute`` apply to augmented manifests (SageMaker's content-type parameter and
     ``AttributeNames``); by default the manifest's only non-``source-ref``, non-metadata key is the label.
+    ``num_classes`` (multi-label only) is the label width every image must have; the first one that differs is
+    named (file:line, or file and record) in the error.
     """
     path, name = channel.path, channel.name
     if not path.exists():
@@ -178,13 +189,13 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
             raise ClientError(f"{name}_lst channel: no .lst file in {channel.lst}")
         root = path if path.is_dir() else path.parent
         log.info("Creating the %s data set from %s", name, ", ".join(map(str, lsts)))
-        return _lst_source(lsts, root)
+        return _lst_source(lsts, root, num_classes)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".rec":
-            return RecordSource([path])
+            return RecordSource([path], num_classes=num_classes)
         if suffix == ".lst":
-            return _lst_source([path], path.parent)
+            return _lst_source([path], path.parent, num_classes)
         if suffix in MANIFEST_SUFFIXES:
             return _manifest_source(path, label_format, num_classes, label_attribute)
         raise ClientError(f"{name} channel: cannot tell the format of {path}; expected a .rec, .lst or "
@@ -192,10 +203,10 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
     log.info("Searching for .rec files in %s.", path)
     recs = _find(path, (".rec",))
     if recs:
-        return RecordSource(recs)
+        return RecordSource(recs, num_classes=num_classes)
     lsts = _find(path, (".lst",))
     if lsts:
-        return _lst_source(lsts, path)
+        return _lst_source(lsts, path, num_classes)
     manifests = _find(path, MANIFEST_SUFFIXES)
     if len(manifests) == 1:
         return _manifest_source(manifests[0], label_format, num_classes, label_attribute)

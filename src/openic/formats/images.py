@@ -35,6 +35,14 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _EXIF_ORIENTATION = 0x0112
 ENCODINGS = (".jpg", ".jpeg", ".png")
 
+# Pillow's own MAX_IMAGE_PIXELS (1024**3 // 4 // 3), so we accept exactly the images Pillow opens without a
+# DecompressionBombWarning: ~9459x9459, a 256 MiB RGB decode. A header can declare 65535x65535 in a few bytes,
+# which would cost 12 GiB before the decoder notices the pixel data is missing.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+JPEG_MAX_SIDE = 65535  # the SOF header's 16-bit width and height
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15 less DHT, JPG, DAC
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: markers without a length field
+
 # libpng's rgb_to_gray with OpenCV's (0.299, 0.587): png_set_rgb_to_gray_fixed truncates each
 # coefficient to 1/32768 units and gives blue the rest; each pixel is then truncated (>> 15).
 _PNG_GRAY_R, _PNG_GRAY_G = 29900 * 32768 // 100000, 58700 * 32768 // 100000
@@ -50,7 +58,65 @@ def image_format(data: bytes) -> ImageFormat:
     return "other"
 
 
-def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
+class ImageTooLargeError(DataError):
+    """The header declares more pixels than allowed; raised before a single pixel is decoded."""
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's SOF or a PNG's IHDR header, decoding nothing; ``None`` if not found."""
+    if data[:8] == _PNG_MAGIC:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        width, height = struct.unpack_from(">II", data, 16)
+        return width, height
+    if data[:3] != _JPEG_MAGIC:
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:  # walk the marker segments up to the first SOF (a few APPn/DQT segments come first)
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker in _JPEG_NO_LENGTH:
+            pos += 2
+        elif marker in (0xD8, 0xD9, 0xDA):  # SOI again, EOI or SOS before any SOF: no size to read
+            return None
+        elif marker in _JPEG_SOF:
+            if pos + 9 > end:
+                return None
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return width, height
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def check_image_size(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (width x height); ``None``: no limit.
+
+    Raises:
+        ImageTooLargeError: naming the declared size, the limit and how to raise it.
+        ClientError: ``max_pixels`` is not a positive int (or ``None``).
+    """
+    if max_pixels is None:
+        return
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ClientError(f"max_pixels must be a positive int (or None for no limit), got {max_pixels!r}")
+    size = declared_size(data)
+    if size is not None:
+        _check_pixels(*size, max_pixels)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image declares {width}x{height} pixels ({width * height:,}), more than the limit of "
+            f"{max_pixels:,}; if it is genuine, raise the limit with --max-image-pixels (max_pixels=)"
+        )
+
+
+def decode_image(data: bytes, channels: int = 3, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode JPEG/PNG bytes to an ``HxWxC`` uint8 array, RGB for ``channels=3``, luma for ``channels=1``.
 
     Matches MXNet's ``imdecode`` (OpenCV ``IMREAD_COLOR`` / ``IMREAD_GRAYSCALE``) pixel for pixel, with two
@@ -58,24 +124,33 @@ def decode_image(data: bytes, channels: int = 3) -> np.ndarray:
     instead of yielding a partly grey image, so the data pipeline can skip and count it; and ``channels=1`` on a
     16-bit colour PNG may be 1 off, as libpng weights the 16-bit samples and Pillow gives us only 8 bits.
 
+    ``max_pixels`` (width x height, ``None`` for no limit) is checked against the header before decoding, so a
+    few bytes declaring a huge image cost nothing. Pillow keeps its own, higher limit for PNG (twice this default).
+
     Raises:
+        ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
         DataError: the bytes are not a JPEG/PNG image, or the decoder rejects them. Callers add the file or
             record the bytes came from.
     """
     if channels not in (1, 3):
         raise ClientError(f"channels must be 1 or 3, got {channels!r}")
+    check_image_size(data, max_pixels)
     fmt = image_format(data)
     if fmt == "jpeg":
-        return _decode_jpeg(data, channels)
+        return _decode_jpeg(data, channels, max_pixels)
     if fmt == "png":
-        return _decode_png(data, channels)
+        return _decode_png(data, channels, max_pixels)
     head = bytes(data[:8])
     raise DataError(f"not a JPEG/PNG image ({len(data)} bytes, starting {head!r})")
 
 
-def _decode_jpeg(data: bytes, channels: int) -> np.ndarray:
+def _decode_jpeg(data: bytes, channels: int, max_pixels: int | None) -> np.ndarray:
     try:
-        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as e:
+        raise DataError(f"cannot decode JPEG: {e}") from None
+    _check_pixels(width, height, max_pixels)  # libjpeg's own reading of the header, in case ours found none
+    try:
         if colorspace in ("CMYK", "YCCK"):
             cmyk = simplejpeg.decode_jpeg(data, colorspace="CMYK", fastdct=False, fastupsample=False)
             return _cmyk_to_rgb(cmyk) if channels == 3 else _rgb_to_gray_opencv(_cmyk_to_rgb(cmyk))
@@ -100,9 +175,10 @@ def _rgb_to_gray_opencv(rgb: np.ndarray) -> np.ndarray:
     return y.astype(np.uint8)[..., None]
 
 
-def _decode_png(data: bytes, channels: int) -> np.ndarray:
+def _decode_png(data: bytes, channels: int, max_pixels: int | None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(*im.size, max_pixels)  # Pillow's lazy open read the header only
             im.load()
             mode = im.mode
             if mode in ("P", "1"):
@@ -110,6 +186,8 @@ def _decode_png(data: bytes, channels: int) -> np.ndarray:
                 mode = "RGB" if mode == "P" else "L"
                 im = im.convert(mode)
             arr = np.asarray(im)
+    except ImageTooLargeError:
+        raise
     except UnidentifiedImageError:
         raise DataError("cannot decode PNG: corrupt or truncated header") from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError) as e:

@@ -36,15 +36,26 @@ class LstEntry(NamedTuple):
     path: str
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages: a hostile value can be megabytes long, or an int
+    too long for ``repr`` (Python refuses to print one of more than 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 3 * limit:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
 def parse_number(value: object, where: str, what: str, context: str = "") -> float:
     """A finite label value from text or a JSON number; errors say where and what (shared with manifests)."""
-    said = f"{where}: {what} {value!r}{context}"
+    said = f"{where}: {what} {shown(value)}{context}"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise DataError(f"{said} is not a number")
     try:
         number = float(value)
     except ValueError:
         raise DataError(f"{said} is not a number") from None
+    except OverflowError:  # an int past float's range (about 1.8e308); text like "1e400" gives inf instead
+        raise DataError(f"{said} is too large for a label (beyond the float range, about 1.8e308)") from None
     if not math.isfinite(number):
         raise DataError(f"{said} is not a finite number")
     return number
@@ -57,10 +68,12 @@ def _parse_line(fields: list[str], where: str) -> LstEntry:
         )
     index_text, *label_texts, path = fields
     if not index_text.isascii() or not index_text.isdigit():
-        raise DataError(f"{where}: index {index_text!r} is not a non-negative integer")
+        raise DataError(f"{where}: index {shown(index_text)} is not a non-negative integer")
+    # length first: int() refuses text of more than 4300 digits
+    if len(index_text.lstrip("0")) > len(str(_MAX_INDEX)) or int(index_text) > _MAX_INDEX:
+        text = index_text if len(index_text) <= 40 else f"{index_text[:20]}... ({len(index_text)} digits)"
+        raise DataError(f"{where}: index {text} does not fit the record header's uint64 id (max {_MAX_INDEX})")
     index = int(index_text)
-    if index > _MAX_INDEX:
-        raise DataError(f"{where}: index {index} does not fit the record header's uint64 id (max {_MAX_INDEX})")
     labels: list[float] = []
     for col, text in enumerate(label_texts, 2):
         labels.append(parse_number(text, where, "label", f" in column {col}"))

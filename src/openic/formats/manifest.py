@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, NamedTuple
 
 from openic.errors import ClientError, DataError
-from openic.formats.lst import parse_number, text_lines
+from openic.formats.lst import parse_number, shown, text_lines
 
 LABEL_FORMATS = ("multi-hot", "class-id")
 SOURCE_REF = "source-ref"
@@ -77,11 +78,11 @@ def _as_list(value: Any, where: str, attr: str) -> list[Any] | None:
         return value
     if isinstance(value, str) and value.strip().startswith("["):
         try:
-            parsed = json.loads(value)
+            parsed = _loads(value, where)
         except json.JSONDecodeError as e:
-            raise DataError(f"{where}: label {attr!r} = {value!r} is not a valid JSON array ({e.msg})") from None
+            raise DataError(f"{where}: label {attr!r} = {shown(value)} is not a valid JSON array ({e.msg})") from None
         if not isinstance(parsed, list):
-            raise DataError(f"{where}: label {attr!r} = {value!r} is not a JSON array")
+            raise DataError(f"{where}: label {attr!r} = {shown(value)} is not a JSON array")
         return parsed
     return None
 
@@ -89,7 +90,7 @@ def _as_list(value: Any, where: str, attr: str) -> list[Any] | None:
 def _class_id(value: Any, where: str, num_classes: int) -> int:
     number = parse_number(value, where, "class id")
     if number != int(number) or not 0 <= number < num_classes:
-        raise DataError(f"{where}: class id {value!r} is not an integer in 0..{num_classes - 1} (num_classes)")
+        raise DataError(f"{where}: class id {shown(value)} is not an integer in 0..{num_classes - 1} (num_classes)")
     return int(number)
 
 
@@ -102,12 +103,12 @@ def _parse_label(value: Any, fmt: str, num_classes: int | None, where: str, attr
     if items is None:
         label = parse_number(value, where, f"label {attr!r} =")
         if num_classes is not None and not (label == int(label) and 0 <= label < num_classes):
-            raise DataError(f"{where}: label {value!r} is not a class id in 0..{num_classes - 1} (num_classes)")
+            raise DataError(f"{where}: label {shown(value)} is not a class id in 0..{num_classes - 1} (num_classes)")
         return (label,)
     labels = tuple(parse_number(v, where, "multi-hot entry") for v in items)
     if any(v not in (0.0, 1.0) for v in labels):
         raise DataError(
-            f"{where}: multi-hot label {value!r} has entries other than 0 and 1; class ids need "
+            f"{where}: multi-hot label {shown(value)} has entries other than 0 and 1; class ids need "
             f"label-format=class-id in the content type"
         )
     if num_classes is not None and len(labels) != num_classes:
@@ -169,7 +170,7 @@ def read_manifest_with_lines(
         if entries and len(entry.labels) != len(entries[0].labels):
             raise DataError(
                 f"{where}: {len(entry.labels)} labels, but the first entry has {len(entries[0].labels)}; "
-                f"every line needs the same number"
+                f"every line needs the same number (the first entry is line {lines[0]})"
             )
         entries.append(entry)
         lines.append(lineno)
@@ -178,9 +179,23 @@ def read_manifest_with_lines(
     return list(zip(lines, entries, strict=True))
 
 
+def _loads(text: str, where: str) -> Any:
+    """``json.loads``, its failures other than bad syntax (left to the caller's message) made DataErrors: an
+    integer of more than 4300 digits (Python refuses to convert it), nesting past Python's recursion limit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply (more than about {sys.getrecursionlimit()} levels of "
+                        f"arrays or objects); a label is a number or a flat list") from None
+    except ValueError as e:
+        raise DataError(f"{where}: not valid JSON ({e})") from None
+
+
 def _load_object(line: str, where: str) -> dict[str, Any]:
     try:
-        obj = json.loads(line)
+        obj = _loads(line, where)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):

@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openic.errors import ClientError, DataError
-from openic.formats.images import decode_image, image_format
+from openic.formats.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageTooLargeError,
+    check_image_size,
+    decode_image,
+    image_format,
+)
 from openic.formats.recordio import IR_HEADER_SIZE, RecordReader, default_idx_path, unpack, write_index
 
 
 def inspect_records(
-    rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None, decode: bool = False
+    rec_path: str | os.PathLike[str],
+    idx_path: str | os.PathLike[str] | None = None,
+    decode: bool = False,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[dict[str, Any]]:
     """Yield one dict per logical record, in file order.
 
@@ -33,7 +43,11 @@ def inspect_records(
     Raises:
         DataError: the file is not valid RecordIO (bad magic, truncated, broken split record), or an ``.idx``
             offset does not point at the start of a record (raised after the last record).
+        ImageTooLargeError: with ``decode``, an image declares more than ``max_pixels`` pixels: an error, not a
+            ``decode_error``, because decoding it would cost gigabytes (the message names the record).
     """
+    if decode:
+        check_image_size(b"", max_pixels)  # a bad limit fails before any output
     with RecordReader(rec_path, idx_path) as reader:
         keys = {offset: key for key, offset in reader.index.items()} if reader.index is not None else None
         seen: set[int] = set()
@@ -46,7 +60,11 @@ def inspect_records(
             info["payload_md5"] = hashlib.md5(payload).hexdigest()
             info["format"] = image_format(payload)
             if decode:
-                info.update(_decoded(payload))
+                try:
+                    info.update(_decoded(payload, max_pixels))
+                except ImageTooLargeError as e:
+                    where = f"{reader.path}: record key {key!r} at offset {span.offset}"
+                    raise ImageTooLargeError(f"{where}: {e}") from None
             yield info
         if keys is not None:
             stray = [(key, off) for off, key in keys.items() if off not in seen]
@@ -72,9 +90,11 @@ def _add_header(info: dict[str, Any], data: bytes) -> bytes:
     return payload
 
 
-def _decoded(payload: bytes) -> dict[str, Any]:
+def _decoded(payload: bytes, max_pixels: int | None) -> dict[str, Any]:
     try:
-        rgb = decode_image(payload)
+        rgb = decode_image(payload, max_pixels=max_pixels)
+    except ImageTooLargeError:
+        raise
     except DataError as e:
         return {"decode_error": str(e)}
     csum = [int(c) for c in rgb.reshape(-1, 3).sum(axis=0, dtype="int64")]
@@ -97,6 +117,8 @@ def index_records(
         ClientError: the ``.idx`` already exists (delete it to rebuild).
     """
     target = Path(idx_path) if idx_path is not None else default_idx_path(rec_path)
+    if target.is_dir():
+        raise ClientError(f"{target} is a folder; name the .idx file to write")
     if target.exists():
         raise ClientError(f"index file already exists: {target} (delete it to rebuild)")
     index: dict[int | str, int] = {}

@@ -10,6 +10,8 @@ This module is the file format only: it imports neither torch nor numpy, and rea
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import mmap
 import numbers
 import os
@@ -18,10 +20,10 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple
 
 from openic.errors import DataError
-from openic.fileio import atomic_write_text
+from openic.fileio import FileLock, OutputError, atomic_write_text, os_reason
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -29,8 +31,10 @@ LENGTH_BITS = 29
 MAX_LENGTH = (1 << LENGTH_BITS) - 1
 _PART_HEAD = struct.Struct("<II")
 _IR = struct.Struct("<IfQQ")
-_INT_KEY = re.compile(r"-?[0-9]+")  # MXIndexedRecordIO's default key_type is int
+_INT_KEY = re.compile(r"-?[0-9]{1,20}")  # MXIndexedRecordIO's default key_type is int; longer ones cannot be ids
 IR_HEADER_SIZE = _IR.size  # 24 bytes
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- physical layer
@@ -281,62 +285,89 @@ class RecordReader:
 class RecordWriter:
     """Write records (and optionally an ``.idx``) exactly as ``MXIndexedRecordIO.write_idx`` does.
 
-    Output goes to ``<name>.partial`` files that are renamed into place by ``close()``; if the ``with`` block
-    raises, the partial files are removed, so a crash never leaves a half-written ``.rec`` under its final name.
+    Output goes to hidden ``.NAME.partial-PID`` files that ``close()`` renames into place; if the ``with`` block
+    raises, or a write fails (a full disk), they are deleted, so no half-written ``.rec`` appears under its name.
+    While open, the writer holds an OS lock on the ``.rec`` (``fileio.FileLock``): a second writer of the same
+    file, in this process or another, fails at once with a ``ClientError`` naming the file and the holder's PID.
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None, *, atomic: bool = True
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.idx_path = Path(idx_path) if idx_path is not None else None
-        self.atomic = atomic
-        self._rec_tmp = Path(f"{self.path}.partial") if atomic else self.path
-        self._idx_tmp = (Path(f"{self.idx_path}.partial") if atomic else self.idx_path) if self.idx_path else None
-        self._rec = open(self._rec_tmp, "wb")
-        self._idx = open(self._idx_tmp, "w", encoding="utf-8") if self._idx_tmp else None
+        self._lock = FileLock(self.path.with_name(f".{self.path.name}.lock"), f"cannot write {self.path}")
+        self._files: list[tuple[Path, Path, IO[Any]]] = []  # (target, temporary file, open file)
+        self._done = False
+        try:
+            for target, mode in ((self.path, "wb"), (self.idx_path, "w")):
+                if target is None:
+                    continue
+                partial = f".{target.name}.partial-"
+                tmp = target.with_name(f"{partial}{os.getpid()}")
+                try:
+                    for name in os.listdir(target.parent):  # a killed writer's leftovers: we hold the lock
+                        if name.startswith(partial):
+                            os.unlink(target.with_name(name))
+                    self._files.append((target, tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8")))
+                except OSError as e:
+                    raise OutputError(f"cannot write {target}: {os_reason(e)}") from e
+        except BaseException:
+            self.abort()
+            raise
+        self._rec = self._files[0][2]
+        self._idx = self._files[1][2] if self.idx_path is not None else None
         self._pos = 0
         self.count = 0
-
-    def tell(self) -> int:
-        return self._pos
 
     def write(self, data: bytes, key: int | str | None = None) -> int:
         """Append one logical record; returns its offset. ``key`` (default: running count) goes to the ``.idx``."""
         offset = self._pos
         encoded = encode_record(data)
-        self._rec.write(encoded)
+        try:
+            self._rec.write(encoded)
+        except OSError as e:
+            raise self._failed(self.path, e) from e
         self._pos += len(encoded)
         if self._idx is not None:
-            self._idx.write(f"{self.count if key is None else key}\t{offset}\n")
+            try:
+                self._idx.write(f"{self.count if key is None else key}\t{offset}\n")
+            except OSError as e:
+                raise self._failed(self.idx_path, e) from e
         self.count += 1
         return offset
 
     def close(self) -> None:
-        """Flush and move the files into place."""
-        if self._rec.closed:
+        """Flush and fsync the files, move them into place (the ``.rec`` first), release the lock."""
+        if self._done:
             return
-        self._rec.close()
-        if self._idx is not None:
-            self._idx.close()
-        if self.atomic:
+        for target, _, f in self._files:
             try:
-                os.replace(self._rec_tmp, self.path)
-                if self.idx_path is not None and self._idx_tmp is not None:
-                    os.replace(self._idx_tmp, self.idx_path)
-            except OSError:
-                self.abort()
-                raise
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            except OSError as e:
+                raise self._failed(target, e) from e
+        for target, tmp, _ in self._files:
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                raise self._failed(target, e) from e
+        self._done = True
+        self._lock.release()
+
+    def _failed(self, target: Path | None, e: OSError) -> OutputError:
+        self.abort()
+        return OutputError(f"cannot write {target}: {os_reason(e)}")
 
     def abort(self) -> None:
-        """Close and delete the partial output."""
-        self._rec.close()
-        if self._idx is not None:
-            self._idx.close()
-        if self.atomic:
-            for tmp in (self._rec_tmp, self._idx_tmp):
-                if tmp is not None and tmp.exists():
-                    tmp.unlink()
+        """Delete the partial files and release the lock. Closing may fail again (a full disk fails every flush of
+        the buffered data), so each step runs whatever the one before did."""
+        for _, tmp, f in self._files:
+            with contextlib.suppress(OSError):
+                f.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        self._done = True
+        self._lock.release()
 
     def __enter__(self) -> RecordWriter:
         return self

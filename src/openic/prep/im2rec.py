@@ -1,21 +1,11 @@
-"""Image folder → ``.lst`` → ``.rec``/``.idx``, following MXNet 1.9.1's ``tools/im2rec.py``.
+"""``.lst`` → ``.rec``/``.idx`` (im2rec's packing mode), following MXNet 1.9.1's ``tools/im2rec.py``.
 
 API (``openic im2rec`` is a thin shell over it):
 
-* ``make_list(prefix, root, ListOptions) -> ListResult`` (``--list``); ``list_images(root, *, recursive, exts)
-  -> (entries, class_names)`` is the walk alone; the class sidecar is read and written by :mod:`openic.formats.lst`.
+* listing (``--list``) is :mod:`openic.prep.im2rec_list`; the class sidecar is :mod:`openic.formats.lst`'s.
 * ``pack_lst(lst_path, root, out_prefix, PackOptions) -> PackResult``: one list → ``out_prefix.rec``/``.idx``.
 * ``pack_prefix(prefix, root, PackOptions) -> list[PackResult]``: MXNet's packing mode, every ``.lst`` that
   :func:`find_lst_files` matches (absolute path starts with ``prefix``; all of them if it is a folder).
-
-Listing, as MXNet: with ``recursive``, each folder that directly holds an image gets the next label in a
-pre-order ``os.walk(followlinks=True)`` whose folders and files are sorted by name, so ``root``'s own images
-come first; without it only ``root``'s files are listed, label 0. The list is shuffled with ``random.seed(100)``
-unless ``shuffle=False`` (same permutation as MXNet), then cut ``[test | train | val]`` per chunk with MXNet's
-arithmetic into ``PREFIX[_<chunk>][_train|_val|_test].lst``, labels written ``%f``. With ``recursive`` the
-class names (folder paths relative to ``root``; ``.`` is ``root``) also go to ``PREFIX_classes.txt``, line i
-naming label i. A file's extension is lowercased before it is compared with ``exts`` (as MXNet does, so
-``--exts .JPG`` matches nothing); a symlink back to an ancestor folder is not followed.
 
 Packing, as MXNet: record id and ``.idx`` key = the ``.lst`` index, records in ``.lst`` order at any
 ``num_thread``; decode (RGB, or luma with ``color=0``), centre square crop, shorter side → ``resize``
@@ -29,18 +19,19 @@ anything is written; each unreadable image (or, with ``pass_through``, a file th
 with ``file:line`` and path, the whole list is processed so one run reports them all, then ``DataError`` is
 raised and no ``.rec`` is left behind, unless ``skip_bad`` (``--skip-bad``) packs the rest and lists the skips
 in :class:`PackResult`. Ratios summing past 1 (unless train_ratio is 1, when MXNet ignores test_ratio and so do
-we, with a warning), an empty folder and ``color=-1`` (alpha, 16-bit: unusable for training) are
-``ClientError``. Outputs appear atomically (``.partial`` + rename).
+we, with a warning), an empty folder, ``chunks`` that would leave a list empty and ``color=-1`` (alpha, 16-bit:
+unusable for training) are ``ClientError``. An image declaring more than ``max_image_pixels`` (or resized past
+it) is skipped like an unreadable one, before it is decoded. Outputs appear atomically (hidden ``.partial-PID``
+files + rename), and the ``.rec`` is locked while it is packed, so a second packer of it fails at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,62 +41,32 @@ from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
 from openic.formats.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    JPEG_MAX_SIDE,
+    ImageTooLargeError,
     apply_exif_orientation,
+    check_image_size,
     decode_image,
     encode_image,
     exif_orientation,
     image_format,
     resize_shorter,
+    resized_hw,
 )
-from openic.formats.lst import LstEntry, read_lst_with_lines, resolve_image_path, write_classes, write_lst
-from openic.formats.lst import classes_path as classes_sidecar
+from openic.formats.lst import LstEntry, read_lst_with_lines, resolve_image_path
 from openic.formats.recordio import IRHeader, RecordWriter, pack
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
-_SHUFFLE_SEED = 100  # MXNet's fixed seed: the same folder gives the same split on every run
 _PASS_THROUGH_FORMATS = ("jpeg", "png")
-
-
-@dataclass(frozen=True)
-class ListOptions:
-    """``im2rec --list`` options (MXNet's names and defaults)."""
-
-    exts: tuple[str, ...] = DEFAULT_EXTS
-    recursive: bool = False
-    shuffle: bool = True
-    chunks: int = 1
-    train_ratio: float = 1.0
-    test_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        bad = [e for e in self.exts if not e.startswith(".") or len(e) < 2]
-        if not self.exts or bad:
-            raise ClientError(f"exts {list(self.exts)}: each extension must start with a dot, e.g. .jpg .png")
-        if self.chunks < 1:
-            raise ClientError(f"chunks must be a positive int, got {self.chunks}")
-        if not 0.0 <= self.train_ratio <= 1.0 or not 0.0 <= self.test_ratio <= 1.0:
-            raise ClientError(f"train_ratio {self.train_ratio} and test_ratio {self.test_ratio} must be in [0, 1]")
-        if self.train_ratio + self.test_ratio > 1.0 and self.train_ratio != 1.0:
-            raise ClientError(
-                f"train_ratio + test_ratio = {self.train_ratio + self.test_ratio} exceeds 1; lower one of them"
-            )
-
-
-@dataclass(frozen=True)
-class ListResult:
-    """What :func:`make_list` wrote."""
-
-    lst_paths: tuple[Path, ...]
-    num_images: int
-    classes: tuple[str, ...]
-    classes_path: Path | None
+MAX_RESIZE = JPEG_MAX_SIDE  # no JPEG can hold a longer side
+MAX_THREADS = 256
 
 
 @dataclass(frozen=True)
 class PackOptions:
-    """``im2rec`` packing options (MXNet's names and defaults), plus ``skip_bad`` and ``progress``."""
+    """``im2rec`` packing options (MXNet's names and defaults), plus ``skip_bad``, ``progress`` and
+    ``max_image_pixels`` (images declaring more pixels, or resized to more, are skipped as unreadable)."""
 
     pass_through: bool = False
     resize: int = 0
@@ -117,14 +78,18 @@ class PackOptions:
     pack_label: bool = False
     skip_bad: bool = False
     progress: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
-        if self.resize < 0:
-            raise ClientError(f"resize must be 0 (keep the size) or a positive int, got {self.resize}")
+        if not 0 <= self.resize <= MAX_RESIZE:
+            raise ClientError(f"resize must be 0 (keep the size) or a shorter side of 1..{MAX_RESIZE} pixels, got "
+                              f"{self.resize}")
         if not 0 <= self.quality <= 100:
             raise ClientError(f"quality must be in 0..100 (JPEG quality; PNG compression 0..9), got {self.quality}")
-        if self.num_thread < 1:
-            raise ClientError(f"num_thread must be a positive int, got {self.num_thread}")
+        if not 1 <= self.num_thread <= MAX_THREADS:
+            raise ClientError(f"num_thread must be a positive int, at most {MAX_THREADS}, got {self.num_thread}")
+        if self.max_image_pixels < 1:
+            raise ClientError(f"max_image_pixels must be a positive int (width x height), got {self.max_image_pixels}")
         if self.color not in (0, 1):
             raise ClientError(
                 f"color {self.color} is not supported: use 1 (3-channel colour) or 0 (grayscale); -1 (keep alpha and "
@@ -152,100 +117,6 @@ class PackResult:
     idx_path: Path
     written: int
     skipped: tuple[Skip, ...] = ()
-
-
-# --------------------------------------------------------------------------- listing
-
-
-def list_images(
-    root: str | os.PathLike[str], *, recursive: bool, exts: Sequence[str]
-) -> tuple[list[LstEntry], list[str]]:
-    """Images under ``root`` in MXNet's walk order (index = position) and the class names in label order."""
-    root_s = os.fspath(root)
-    if not os.path.isdir(root_s):
-        raise FileNotFoundError(f"image root {root_s!r} is not a folder")
-    wanted = set(exts)  # MXNet lowercases the file's suffix but not --exts: `.JPG` matches nothing there either
-    found: list[tuple[str, int]] = []
-    classes: dict[str, int] = {}
-    for folder, files in _walk(root_s, recursive):
-        for name in files:
-            fpath = os.path.join(folder, name)
-            if os.path.splitext(name)[1].lower() in wanted and os.path.isfile(fpath):
-                rel = os.path.relpath(fpath, root_s)
-                if any(c in rel for c in "\t\n\r"):
-                    raise ClientError(f"{fpath!r}: a TAB or newline in an image path cannot be written to a .lst")
-                found.append((rel, classes.setdefault(folder, len(classes))))
-    entries = [LstEntry(i, (float(label),), rel) for i, (rel, label) in enumerate(found)]
-    return entries, [os.path.relpath(folder, root_s) for folder in classes]
-
-
-def _walk(root: str, recursive: bool) -> Iterator[tuple[str, list[str]]]:
-    """``(folder, sorted file names)``: ``os.walk(followlinks=True)`` with sorted folders, or ``root`` alone."""
-    if not recursive:
-        yield root, sorted(os.listdir(root))
-        return
-
-    def fail(err: OSError) -> None:  # os.walk ignores unreadable folders by default; a lost class is worse
-        raise err
-
-    for folder, dirs, files in os.walk(root, followlinks=True, onerror=fail):
-        real = os.path.realpath(folder)
-        loops = [d for d in dirs if _is_ancestor(os.path.realpath(os.path.join(folder, d)), real)]
-        for d in loops:  # MXNet would recurse until the path is too long
-            log.warning("not following %s: it links back to %s", os.path.join(folder, d), real)
-            dirs.remove(d)
-        dirs.sort()
-        yield folder, sorted(files)
-
-
-def _is_ancestor(candidate: str, path: str) -> bool:
-    return path == candidate or path.startswith(candidate.rstrip(os.sep) + os.sep)
-
-
-def _split(entries: list[LstEntry], options: ListOptions, prefix: str) -> list[tuple[str, list[LstEntry]]]:
-    """MXNet's chunk and train/val/test arithmetic: ``(file name, entries)`` in the order MXNet writes them."""
-    chunk_size = (len(entries) + options.chunks - 1) // options.chunks
-    out: list[tuple[str, list[LstEntry]]] = []
-    for i in range(options.chunks):
-        chunk = entries[i * chunk_size : (i + 1) * chunk_size]
-        base = f"{prefix}_{i}" if options.chunks > 1 else prefix
-        sep = int(chunk_size * options.train_ratio)
-        sep_test = int(chunk_size * options.test_ratio)
-        if options.train_ratio == 1.0:  # MXNet ignores test_ratio then, and so do we (with a warning)
-            if options.test_ratio:
-                log.warning("test_ratio %g is ignored because train_ratio is 1, as MXNet's im2rec does",
-                            options.test_ratio)
-            out.append((f"{base}.lst", chunk))
-            continue
-        if options.test_ratio:
-            out.append((f"{base}_test.lst", chunk[:sep_test]))
-        if options.train_ratio + options.test_ratio < 1.0:
-            out.append((f"{base}_val.lst", chunk[sep_test + sep :]))
-        out.append((f"{base}_train.lst", chunk[sep_test : sep_test + sep]))
-    return out
-
-
-def make_list(
-    prefix: str | os.PathLike[str], root: str | os.PathLike[str], options: ListOptions = ListOptions()
-) -> ListResult:
-    """Write the ``.lst`` file(s) for the images under ``root`` (``im2rec --list``); see the module docstring."""
-    prefix_s = os.path.abspath(prefix)
-    entries, classes = list_images(root, recursive=options.recursive, exts=options.exts)
-    if not entries:
-        where = f"under {root}" if options.recursive else f"directly in {root} (use --recursive for sub-folders)"
-        raise ClientError(f"no images with extensions {' '.join(options.exts)} {where}")
-    if options.shuffle:
-        random.Random(_SHUFFLE_SEED).shuffle(entries)
-    written = []
-    for path, chunk in _split(entries, options, prefix_s):
-        write_lst(path, chunk)
-        written.append(Path(path))
-        log.info("wrote %s (%d images)", path, len(chunk))
-    classes_path = None
-    if options.recursive:
-        classes_path = write_classes(classes_sidecar(prefix_s), classes)
-        log.info("wrote %s: %s", classes_path, ", ".join(f"{n}={i}" for i, n in enumerate(classes)))
-    return ListResult(tuple(written), len(entries), tuple(classes), classes_path)
 
 
 # --------------------------------------------------------------------------- packing
@@ -383,28 +254,42 @@ def _results(jobs: list[_Job], options: PackOptions) -> Iterator[tuple[_Job, byt
 
 
 def _encode(job: _Job, options: PackOptions) -> bytes | Skip:
-    """One record, or a :class:`Skip` when the file cannot be read or decoded (other errors propagate)."""
+    """One record, or a :class:`Skip` when the file cannot be read or decoded, or is too large (other errors
+    propagate)."""
+    path = os.fspath(job.path)
     try:
         data = job.path.read_bytes()
     except OSError as e:
-        return Skip(job.source, os.fspath(job.path), f"cannot read the file ({e.strerror or e})")
+        return Skip(job.source, path, f"cannot read the file ({e.strerror or e})")
     if options.pass_through:
         fmt = image_format(data)
         if fmt not in _PASS_THROUGH_FORMATS:
-            return Skip(job.source, os.fspath(job.path), f"not a JPEG or PNG file (detected: {fmt})")
+            return Skip(job.source, path, f"not a JPEG or PNG file (detected: {fmt})")
+        try:  # training would refuse it too, so say so now
+            check_image_size(data, options.max_image_pixels)
+        except ImageTooLargeError as e:
+            return Skip(job.source, path, str(e))
         return pack(job.header, data)
     try:
-        img = decode_image(data, channels=3 if options.color == 1 else 1)
+        img = decode_image(data, channels=3 if options.color == 1 else 1, max_pixels=options.max_image_pixels)
     except DataError as e:
-        return Skip(job.source, os.fspath(job.path), f"cannot decode the image ({e})")
+        return Skip(job.source, path, f"cannot decode the image ({e})")
     # MXNet's im2rec reads files with cv2.imread, which turns EXIF-rotated photos upright before packing
     img = apply_exif_orientation(img, exif_orientation(data))
-    img = _transform(img, options)
+    try:
+        img = _transform(img, options)
+    except ImageTooLargeError as e:
+        return Skip(job.source, path, str(e))
     return pack(job.header, encode_image(img, options.encoding, options.quality))
 
 
 def _transform(img: np.ndarray, options: PackOptions) -> np.ndarray:
-    """MXNet's ``--center-crop`` then ``--resize`` (shorter side, integer arithmetic), on an HxWxC array."""
+    """MXNet's ``--center-crop`` then ``--resize`` (shorter side, integer arithmetic), on an HxWxC array.
+
+    Raises:
+        ImageTooLargeError: before resizing, when the result would exceed ``max_image_pixels`` or (for JPEG
+            output) the 65535-pixel side of a JPEG.
+    """
     h, w = img.shape[:2]
     if options.center_crop:
         if h > w:
@@ -413,6 +298,13 @@ def _transform(img: np.ndarray, options: PackOptions) -> np.ndarray:
         else:
             margin = (w - h) // 2
             img = img[:, margin : margin + h]
+    rh, rw = resized_hw(img.shape[:2], options.resize or None)
+    if rh * rw > options.max_image_pixels:
+        raise ImageTooLargeError(f"resizing to {rw}x{rh} ({rw * rh:,} pixels) would exceed the limit of "
+                                 f"{options.max_image_pixels:,}; lower --resize or raise --max-image-pixels")
+    if options.encoding == ".jpg" and max(rh, rw) > JPEG_MAX_SIDE:
+        raise ImageTooLargeError(f"a {rw}x{rh} image cannot be stored as JPEG (at most {JPEG_MAX_SIDE} pixels a "
+                                 f"side); lower --resize or use --encoding .png")
     if options.resize:
         img = resize_shorter(img, options.resize)
     return img

@@ -1,4 +1,4 @@
-"""Ready-made data sets as RecordIO: scikit-learn's digits (offline) and CIFAR-10 (downloaded).
+"""Ready-made data sets as RecordIO: scikit-learn's digits (vendored, offline) and CIFAR-10 (downloaded).
 
 * :func:`make_digits` renders the 1,797 8x8 digits as 32x32 RGB images into ``DIR/images/<class>/<NNNN>.jpg``
   exactly as the MXNet fixtures were made, lists them with MXNet's shuffle and split, and packs the lists
@@ -12,17 +12,18 @@ folder re-uses verified downloads and overwrites everything else. No torch here.
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import os
 import pickle
 import random
-import re
 import shutil
 import sys
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,10 @@ from openic.formats.images import encode_image
 from openic.formats.lst import classes_path as classes_sidecar
 from openic.formats.lst import write_classes, write_lst
 from openic.formats.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
+from openic.formats.tar import MiB, check_member, member_name, read_member
 from openic.prep.download import download
-from openic.prep.im2rec import PackOptions, list_images, pack_lst
+from openic.prep.im2rec import PackOptions, pack_lst
+from openic.prep.im2rec_list import list_images
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +108,17 @@ def digits_image(pixels: np.ndarray, label: int) -> np.ndarray:
     return np.stack([v, 255 - v, blue], axis=-1).astype(np.uint8)
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise ClientError("the digits data set needs scikit-learn: pip install 'openic[datasets]'") from None
-    digits = load_digits()
-    return digits.images, digits.target
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits as ``(images, target)``: float64 ``(1797, 8, 8)`` values 0..16 and int64 classes 0..9.
+
+    Parsed from the vendored copy of scikit-learn's ``digits.csv.gz`` (``prep/data``, BSD-3-Clause) exactly as
+    ``sklearn.datasets.load_digits()`` parses it (``np.loadtxt``, last column the class), so values and order
+    equal its ``images`` and ``target`` without scikit-learn or scipy installed.
+    """
+    source = resources.files("openic.prep") / "data" / "digits.csv.gz"
+    with source.open("rb") as raw, gzip.open(raw, mode="rt", encoding="utf-8") as text:
+        data = np.loadtxt(text, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
 
 def _replace_dir(built: Path, final: Path) -> None:
@@ -132,7 +139,7 @@ def write_digits_images(image_dir: str | os.PathLike[str]) -> int:
     The folder is built beside its final place and swapped in, so it never holds a mix of two runs.
     """
     final = Path(image_dir)
-    images, targets = _load_digits()
+    images, targets = load_digits()
     built = final.with_name(final.name + ".partial")
     if built.exists():
         shutil.rmtree(built)
@@ -233,33 +240,24 @@ def _unpickle(data: bytes, where: str) -> dict[str, object]:
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
-    """Refuse what could write outside the target folder if extracted: absolute paths, ``..``, links, devices."""
-    name = member.name
-    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or re.match(r"^[A-Za-z]:", name):
-        raise DataError(f"{tar_path}: member {name!r} has an absolute path; refusing the archive")
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        raise DataError(f"{tar_path}: member {name!r} points outside the archive folder; refusing the archive")
-    if not (member.isfile() or member.isdir()):
-        raise DataError(f"{tar_path}: member {name!r} is a link or special file; refusing the archive")
-
-
 def read_cifar10_tarball(tar_path: str | os.PathLike[str]) -> tuple[list[str], dict[str, tuple[np.ndarray, list[int]]]]:
     """Class names and ``{"train": (images, labels), "test": ...}`` (NxHxWx3 uint8 RGB) from the python tarball.
 
-    The archive is read in one pass without extracting anything; every member is still checked and an archive
-    with a path escaping its folder, a link or a device is refused as a whole.
+    The archive is read in one pass without extracting anything; every member is still checked
+    (:func:`openic.formats.tar.check_member`: no link, device, absolute path or ``..``) and each wanted one is read
+    within 64 MiB, so a damaged or hostile tarball is refused as a whole, not half-read.
     """
     path = Path(tar_path)
     wanted = {f"{_CIFAR_DIR}/{n}" for n in (*_CIFAR_TRAIN_BATCHES, "test_batch", "batches.meta")}
     found: dict[str, bytes] = {}
+    limit = 64 * MiB  # a batch pickle is ~31 MB (10,000 x 3,072 bytes + labels)
     try:
         with tarfile.open(path, "r|gz") as tar:
             for member in tar:
-                _check_member(member, path)
-                name = PurePosixPath(member.name).as_posix().removeprefix("./")
+                check_member(member, path)
+                name = member_name(member)
                 if name in wanted and member.isfile():
-                    found[name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    found[name] = read_member(tar, member, path, limit)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{path}: not a readable .tar.gz: {e}") from None
     missing = sorted(wanted - set(found))

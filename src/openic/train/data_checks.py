@@ -16,12 +16,14 @@ logger = logging.getLogger(__name__)
 
 
 def cross_check(hp: HyperParameters, *, num_images: int | None = None, label_width: int | None = None,
+                where: str | None = None,
                 min_image_hw: tuple[int, int] | None = None) -> None:
     """Checks that need the data, with SageMaker's texts where known; raises HyperParameterError listing each.
 
     Args:
         num_images: images in the training channel.
         label_width: labels per image in the data (1 for class ids, num_classes for multi-hot).
+        where: the first image's place (``file:line`` or file and record), named in label-width messages.
         min_image_hw: (height, width) before resizing of the smallest training image, or of any one image
             (with ``resize`` set the aspect ratio decides, so callers may check each distinct size).
     """
@@ -32,11 +34,12 @@ def cross_check(hp: HyperParameters, *, num_images: int | None = None, label_wid
     if num_images is not None and num_images != hp.num_training_samples:
         logger.warning("num_training_samples is %d but the training data has %d images; the learning-rate "
                        "schedule counts epochs by num_training_samples.", hp.num_training_samples, num_images)
+    at = f"{where}: " if where else ""
     if label_width is not None and hp.multi_label == 1 and label_width != hp.num_classes:
-        errors.append(f"Mismatch between number of labels in the multi-label data ({label_width}) "
+        errors.append(f"{at}Mismatch between number of labels in the multi-label data ({label_width}) "
                       f"and the num_classes parameter ({hp.num_classes}).")
     if label_width is not None and hp.multi_label == 0 and label_width != 1:
-        errors.append(f"The data has {label_width} labels per image but multi_label is 0, which expects one "
+        errors.append(f"{at}The data has {label_width} labels per image but multi_label is 0, which expects one "
                       "class id per image; set multi_label=1 for multi-hot labels.")
     if min_image_hw is not None:
         c, h, w = hp.image_shape

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openic.errors import ClientError
-from openic.fileio import atomic_write_text, exclusive_lock
+from openic.fileio import FileLock, atomic_write_text
 from openic.hyperparams import HyperParameters, load_hyperparameters_file
 from openic.tracking import Tracker
 from openic.train.config import TrainConfig
@@ -110,7 +110,7 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
     with ExitStack() as held:
         try:
             check_output_dir(out)
-            held.enter_context(exclusive_lock(out / LOCK, f"the output folder {out}"))
+            held.enter_context(FileLock(out / LOCK, f"the output folder {out}"))
         except ClientError as e:  # another job owns the folder, or it cannot be one: write nothing into it
             print(f"ClientError: {e}", file=sys.stderr)
             return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")

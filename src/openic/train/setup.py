@@ -64,7 +64,7 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
                for name in ("train", "validation")}
     for name, source in sources.items():
         cross_check(hp, num_images=len(source) if name == "train" else None,
-                    label_width=source.labels.shape[1])
+                    label_width=source.labels.shape[1], where=source.describe(0))
         _check_label_range(hp, source, name)
     c = hp.image_shape[0]
     progress = progress_enabled(config)

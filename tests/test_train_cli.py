@@ -1,5 +1,6 @@
-"""Training engine: the CLI contract, optimizers, schedule, early stopping, checkpoints/resume, multi-label,
-incremental training, mixed precision — on small RecordIO files cut from MXNet's digits fixtures."""
+"""Training through ``openic.cli.main`` (``openic train``/``demo``): the CLI contract, optimizers, schedule, early
+stopping, checkpoints/resume, multi-label, incremental training, mixed precision, .lst/manifest channels — on the
+session data of ``conftest.py`` (digits made by ``make_digits``, byte-identical with MXNet's fixtures)."""
 
 import json
 import os
@@ -12,34 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import FIXTURES, needs_fixtures
 
 from openic.cli import main
 from openic.formats.recordio import RecordReader, RecordWriter
-from openic.hyperparams import HyperParameters
-from openic.train.optim import learning_rate_at, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = needs_fixtures
 
 BASE = ["--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "10", "--mini_batch_size", "32",
         "--learning_rate", "0.1", "--epochs", "1"]
-
-
-def _cut(src: Path, dst: Path, start: int, count: int) -> Path:
-    with RecordReader(src) as reader, RecordWriter(dst, dst.with_suffix(".idx")) as writer:
-        for i, (record, _) in enumerate(reader.scan()):
-            if start <= i < start + count:
-                writer.write(record, key=i)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("small")
-    return {"train": _cut(FIXTURES / "rec" / "digits_train.rec", d / "train.rec", 0, 96),
-            "val": _cut(FIXTURES / "rec" / "digits_val.rec", d / "val.rec", 0, 48),
-            "ml": _cut(FIXTURES / "multilabel" / "sm_multilabel.rec", d / "ml.rec", 0, 64)}
 
 
 def _train(small, out: Path, *extra: str, train: str = "train", val: str = "val", samples: str = "96") -> int:
@@ -56,10 +37,10 @@ def _epochs(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_learns_digits_end_to_end(tmp_path, capsys):
-    """ResNet-20 on the full digits fixture: validation accuracy far above chance (0.1) in three epochs."""
-    rc = main(["train", "--train", str(FIXTURES / "rec" / "digits_train.rec"),
-               "--validation", str(FIXTURES / "rec" / "digits_val.rec"), "--output-dir", str(tmp_path),
+def test_learns_digits_end_to_end(tmp_path, capsys, digits_set):
+    """ResNet-20 on the full digits set: validation accuracy far above chance (0.1) in three epochs."""
+    rc = main(["train", "--train", str(digits_set.train_rec),
+               "--validation", str(digits_set.val_rec), "--output-dir", str(tmp_path),
                "--num_layers", "20", "--image_shape", "3,28,28", "--num_classes", "10",
                "--num_training_samples", "1437", "--mini_batch_size", "32", "--learning_rate", "0.05",
                "--epochs", "3", "--augmentation_type", "crop", "--top_k", "2"])
@@ -95,18 +76,6 @@ def test_each_optimizer_reduces_training_loss(tmp_path, small, optimizer):
     assert _train(small, tmp_path, "--optimizer", optimizer, "--learning_rate", lr, "--epochs", "3") == 0
     losses = [r["train:loss"] for r in _epochs(tmp_path)]
     assert losses[-1] < losses[0], losses
-
-
-def test_lr_schedule_matches_mxnet_multifactor():
-    hp = HyperParameters.from_strings({"num_classes": "10", "num_training_samples": "1000", "mini_batch_size": "100",
-                                       "learning_rate": "0.1", "lr_scheduler_step": "2, 4",
-                                       "lr_scheduler_factor": "0.5"})
-    steps = steps_per_epoch(hp)
-    assert steps == 10
-    assert learning_rate_at(hp, 0, steps) == pytest.approx(0.1)
-    assert learning_rate_at(hp, 19, steps) == pytest.approx(0.1)
-    assert learning_rate_at(hp, 20, steps) == pytest.approx(0.05)
-    assert learning_rate_at(hp, 40, steps) == pytest.approx(0.025)
 
 
 def test_learning_rate_logged_per_epoch_follows_schedule(tmp_path, small):
@@ -241,24 +210,6 @@ def test_saved_model_predicts_like_trained_model(tmp_path, small):
     loaded = load_model(tmp_path / "model.tar.gz")
     x = torch.randint(0, 256, (2, 3, 28, 28)).float()
     assert loaded.model(x).shape == (2, 10)
-
-
-def test_recalibrate_batchnorm_uses_current_weights_statistics():
-    from openic.models import create_model
-    from openic.train.loop import recalibrate_batchnorm
-
-    model = create_model(20, 10, (3, 28, 28))
-    x = torch.rand(16, 3, 28, 28) * 255
-    recalibrate_batchnorm(model, [x], torch.autocast("cpu", enabled=False))
-    # one batch, cumulative average: the input BatchNorm's running mean is exactly that batch's channel mean
-    assert torch.allclose(model.bn_data.running_mean, x.mean((0, 2, 3)), rtol=1e-5)
-    assert model.bn_data.momentum == pytest.approx(0.1)
-    model.eval()
-    with torch.no_grad():
-        eval_out = model(x)
-        model.train()
-        train_out = model(x)
-    assert torch.allclose(eval_out, train_out, atol=1e-2, rtol=1e-3)
 
 
 def _image_folder(root: Path, n: int, sizes=((36, 40), (40, 36))) -> list[tuple[str, int]]:
@@ -466,14 +417,6 @@ def test_resume_with_other_architecture_names_the_hyperparameters(tmp_path, smal
     assert _train(small, tmp_path, "--num_layers", "32") == 2
     text = (tmp_path / "failure").read_text()
     assert "other hyperparameters" in text and "num_layers" in text
-
-
-def test_image_shape_too_small_for_the_7x7_stem_is_a_hyperparameter_error():
-    from openic.errors import ClientError
-
-    with pytest.raises(ClientError, match="image_shape"):
-        HyperParameters.from_strings({"num_classes": "2", "num_training_samples": "10", "num_layers": "18",
-                                      "image_shape": "3,64,16"})
 
 
 @pytest.mark.slow
