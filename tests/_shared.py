@@ -9,6 +9,7 @@ set), and :func:`digits_sources` gives MXNet's source images as far as the fixtu
 folder, for im2rec, is the session fixture ``digits_images`` in ``conftest.py``.
 """
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -59,3 +60,31 @@ def digits_sources() -> dict[str, bytes]:
             out[paths[header.id]] = payload
     assert len(out) == 360
     return out
+
+
+class FullDisk:
+    """A file on a full disk: writes past ``budget`` bytes fail with ENOSPC, and so do flush and close (a
+    buffered file with data it cannot flush fails again on every close)."""
+
+    def __init__(self, f, budget):
+        self.f, self.budget = f, budget
+
+    def write(self, data):
+        self.budget -= len(data)
+        if self.budget < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def flush(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self):
+        self.f.close()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fileno(self):
+        return self.f.fileno()
+
+    @property
+    def closed(self):
+        return self.f.closed

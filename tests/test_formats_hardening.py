@@ -16,6 +16,7 @@ import zlib
 
 import numpy as np
 import pytest
+from _shared import FullDisk
 from PIL import Image
 
 import openic.cli
@@ -111,34 +112,6 @@ def test_partial_names_are_per_process_and_stale_ones_are_removed(tmp_path):
 
 
 # --------------------------------------------------------------------------- 2. disk full
-
-
-class FullDisk:
-    """A file on a full disk: writes past ``budget`` bytes fail with ENOSPC, and so do flush and close (a
-    buffered file with data it cannot flush fails again on every close)."""
-
-    def __init__(self, f, budget):
-        self.f, self.budget = f, budget
-
-    def write(self, data):
-        self.budget -= len(data)
-        if self.budget < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self.f.write(data)
-
-    def flush(self):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def close(self):
-        self.f.close()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def fileno(self):
-        return self.f.fileno()
-
-    @property
-    def closed(self):
-        return self.f.closed
 
 
 @pytest.mark.parametrize("budget", [10, 10**6], ids=["write-fails", "close-fails"])

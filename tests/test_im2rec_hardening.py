@@ -2,7 +2,6 @@
 of range. Each ends in one clean error line (or a Skip naming list file:line), and never in a corrupt .rec."""
 
 import builtins
-import errno
 import io
 import os
 import struct
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import FullDisk
 from PIL import Image
 
 import openic.cli
@@ -99,33 +99,6 @@ def test_two_packers_of_one_prefix_never_corrupt_the_rec(tmp_path):
 
 
 # --------------------------------------------------------------------------- 2. disk full
-
-
-class FullDisk:
-    """Writes past ``budget`` bytes, every flush and every close fail with ENOSPC (as on a full disk)."""
-
-    def __init__(self, f, budget):
-        self.f, self.budget = f, budget
-
-    def write(self, data):
-        self.budget -= len(data)
-        if self.budget < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self.f.write(data)
-
-    def flush(self):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def close(self):
-        self.f.close()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def fileno(self):
-        return self.f.fileno()
-
-    @property
-    def closed(self):
-        return self.f.closed
 
 
 def test_disk_full_is_one_line_naming_the_rec_and_leaves_no_partial(tmp_path, monkeypatch, capsys, main):

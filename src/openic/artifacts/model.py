@@ -197,7 +197,8 @@ class _Artifact:
                     self._members[member_name(m)] = m
         except _READ_ERRORS as e:
             self.close()
-            raise ClientError(f"{path}: not a readable model.tar.gz or model directory ({e})") from e
+            reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__  # tarfile lists each method
+            raise ClientError(f"{path}: not a readable model.tar.gz or model directory ({reason})") from e
         except ClientError:
             self.close()
             raise

@@ -32,7 +32,6 @@ from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_MB = 4096  # decoded bytes kept in memory at most; `openic train --cache-mb`
 
 
 def decode_one(source: Source, i: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
@@ -54,7 +53,7 @@ class Cached:
     min_hw: tuple[int, int]  # smallest height and width before ``resize``
 
 
-def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int = DEFAULT_CACHE_MB,
+def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int,
                  progress: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Cached | None:
     """Decode every image into one ``[N, C, h, w]`` tensor, or ``None`` if sizes differ or it would not fit."""
     first = decode_one(source, 0, channels, max_pixels)
