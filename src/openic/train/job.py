@@ -106,7 +106,10 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
     ``options`` is a ``TrainConfig`` or its fields as a mapping (``output_dir`` required); a mapping is validated
     once the output folder is locked, so a bad option is reported in that folder's ``failure`` file.
     """
-    out = Path(options.output_dir if isinstance(options, TrainConfig) else options["output_dir"])  # type: ignore[arg-type]
+    out = options.output_dir if isinstance(options, TrainConfig) else options.get("output_dir")
+    if out is None:
+        return JobResult(EXIT_CLIENT, failure="ClientError: an output directory is required (--output-dir)")
+    out = Path(out)  # type: ignore[arg-type]
     with ExitStack() as held:
         try:
             check_output_dir(out)
