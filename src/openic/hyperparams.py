@@ -29,12 +29,12 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from openic.errors import ClientError
+from openic.errors import ClientError, shown
 from openic.models.depths import DEPTHS, imagenet_depths, min_image_side
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ _IGNORED_NAMES = frozenset({"_tuning_objective_metric"})
 _INT = re.compile(r"0|[1-9][0-9]*")
 _BOOLS: dict[object, bool] = {True: True, False: False, "true": True, "1": True, "false": False, "0": False}
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_ECHO_CHARS = 40  # a longer value is cut to this many characters + "..." in messages
 
 # Upper bounds: what the engine can run, with a wide margin over any real job.
 MAX_CLASSES = 100_000  # final FC 2048 x N: 0.8 GB of float32 weights (ImageNet-21k has 21841 classes)
@@ -174,9 +173,8 @@ def parse_image_shape(value: object, where: str | None = None) -> tuple[int, int
     try:
         return _to_shape(value)
     except (ValueError, TypeError):
-        shown = _echo(value, repr)
         prefix = f"{where}: " if where else ""
-        raise ClientError(f"{prefix}image_shape {shown} is not valid; expected {_EXPECTS['shape']}") from None
+        raise ClientError(f"{prefix}image_shape {shown(value)} is not valid; expected {_EXPECTS['shape']}") from None
 
 
 _PARSERS = {"int": _to_int, "float": _to_float, "bool": _to_bool, "shape": _to_shape, "steps": _to_steps,
@@ -196,17 +194,8 @@ def _coerce(meta: Mapping[str, Any], optional: bool, value: object) -> object:
     return out
 
 
-def _echo(value: object, show: Callable[[object], str] = str) -> str:
-    """``value`` as messages show it: short enough to read, and never raising (a 401-digit number stays legible)."""
-    try:
-        text = show(value)
-    except (ValueError, RecursionError):  # an int past 4300 digits; nesting deeper than the interpreter's stack
-        text = f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= _ECHO_CHARS + 3 else text[:_ECHO_CHARS] + "..."
-
-
 def _invalid(name: str, value: object, expects: str) -> str:
-    return f"The value '{_echo(value)}' is not valid for the '{name}' hyperparameter which expects {expects}."
+    return f"The value '{shown(value, show=str)}' is not valid for the '{name}' hyperparameter which expects {expects}."
 
 
 def _coerce_all(values: Mapping[str, object]) -> tuple[dict[str, object], list[str]]:

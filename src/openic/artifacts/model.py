@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from openic import __version__
 from openic.artifacts.state_dict import check_state_fits, clean_state_dict, unwrap_model
-from openic.errors import ClientError
+from openic.errors import ClientError, shown
 from openic.fileio import atomic_path
 from openic.formats.tar import MiB, check_member, check_size, member_name, read_file, read_member
 from openic.hyperparams import parse_image_shape, sagemaker_string
@@ -232,18 +232,13 @@ class _Artifact:
         self.close()
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _int_field(meta: Mapping[str, Any], key: str, where: str, valid: str) -> int:
     """An integer of metadata.json; digit strings are accepted as older artifacts wrote ``int(...)``-able values."""
     value = meta[key]
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,18}\s*", value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ClientError(f"{where}: {key} {_short(meta[key])} is not valid; expected {valid}")
+        raise ClientError(f"{where}: {key} {shown(meta[key])} is not valid; expected {valid}")
     return value
 
 
@@ -288,10 +283,10 @@ def _hyperparameters(art: _Artifact) -> dict[str, str]:
     raw = art.json(HYPERPARAMS)
     where = f"{art.source}: {HYPERPARAMS}"
     if not isinstance(raw, dict):
-        raise ClientError(f"{where}: expected a JSON object of hyperparameter name -> string, got {_short(raw)}")
+        raise ClientError(f"{where}: expected a JSON object of hyperparameter name -> string, got {shown(raw)}")
     for k, v in raw.items():
         if not (v is None or isinstance(v, (str, int, float, bool))):
-            raise ClientError(f"{where}: {k} = {_short(v)} is not valid; expected a string (or a number)")
+            raise ClientError(f"{where}: {k} = {shown(v)} is not valid; expected a string (or a number)")
     return {k: sagemaker_string(v) for k, v in raw.items() if v is not None}
 
 
@@ -301,7 +296,7 @@ def _class_names(art: _Artifact, num_classes: int) -> list[str] | None:
     raw = art.json(CLASSES)
     valid = f"a JSON list of {num_classes} class names (strings), as num_classes in {METADATA} says"
     if not isinstance(raw, list) or not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in raw):
-        raise ClientError(f"{art.source}: {CLASSES} is {_short(raw)}; expected {valid}")
+        raise ClientError(f"{art.source}: {CLASSES} is {shown(raw)}; expected {valid}")
     if len(raw) != num_classes:
         raise ClientError(f"{art.source}: {CLASSES} has {len(raw)} names but num_classes is {num_classes}; "
                           f"expected {valid}")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from openic.errors import DataError
+from openic.errors import DataError, shown
 from openic.fileio import atomic_write_text
 
 _MAX_INDEX = 2**64 - 1  # the IRHeader id is a uint64
@@ -34,15 +34,6 @@ class LstEntry(NamedTuple):
     index: int
     labels: tuple[float, ...]
     path: str
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages: a hostile value can be megabytes long, or an int
-    too long for ``repr`` (Python refuses to print one of more than 4300 digits)."""
-    if isinstance(value, int) and value.bit_length() > 3 * limit:
-        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
 
 
 def parse_number(value: object, where: str, what: str, context: str = "") -> float:
@@ -71,8 +62,8 @@ def _parse_line(fields: list[str], where: str) -> LstEntry:
         raise DataError(f"{where}: index {shown(index_text)} is not a non-negative integer")
     # length first: int() refuses text of more than 4300 digits
     if len(index_text.lstrip("0")) > len(str(_MAX_INDEX)) or int(index_text) > _MAX_INDEX:
-        text = index_text if len(index_text) <= 40 else f"{index_text[:20]}... ({len(index_text)} digits)"
-        raise DataError(f"{where}: index {text} does not fit the record header's uint64 id (max {_MAX_INDEX})")
+        raise DataError(f"{where}: index {shown(index_text, show=str)} does not fit the record header's uint64 id "
+                        f"(max {_MAX_INDEX}; {len(index_text)} digits)")
     index = int(index_text)
     labels: list[float] = []
     for col, text in enumerate(label_texts, 2):

@@ -23,8 +23,8 @@ import os
 import sys
 from typing import Any, NamedTuple
 
-from openic.errors import ClientError, DataError
-from openic.formats.lst import parse_number, shown, text_lines
+from openic.errors import ClientError, DataError, shown
+from openic.formats.lst import parse_number, text_lines
 
 LABEL_FORMATS = ("multi-hot", "class-id")
 SOURCE_REF = "source-ref"

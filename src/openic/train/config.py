@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from openic.errors import ClientError
+from openic.errors import ClientError, shown
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 
 _MAX_SEED = 2**32 - 1  # numpy's and Python's generators take seeds below 2**32 from torch's seed in resume state
@@ -82,7 +82,7 @@ def _check(name: str, value: Any, meta: Any) -> None:
     if meta["kind"] == "int":
         low, high = meta["low"], meta["high"]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-            raise ClientError(f"{flag_name(name)} {shown} is not valid: expected an integer from {low} to {high}")
+            raise ClientError(f"{flag_name(name)} {shown(value)} is not valid: expected an integer from {low} to "
+                              f"{high}")
     if meta["choices"] and value not in meta["choices"]:
         raise ClientError(f"{flag_name(name)} {value!r} is not valid: expected one of {', '.join(meta['choices'])}")
