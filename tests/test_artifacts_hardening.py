@@ -388,3 +388,17 @@ def test_load_weights_file(tmp_path):
             load_weights_file(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_weights_file(tmp_path / "missing.safetensors")
+
+
+def test_extracted_artifact_member_that_cannot_be_read_is_named(tmp_path, artifact, monkeypatch):
+    import openic.formats.tar as tar
+
+    for name, data in artifact.items():
+        (tmp_path / name).write_bytes(data)
+
+    def denied(path, *args, **kwargs):  # the suite may run as root, for whom chmod 000 does not deny a read
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tar, "open", denied, raising=False)
+    with pytest.raises(ClientError, match=rf"{tmp_path / artifacts.METADATA} cannot be read: .*Permission denied"):
+        read_model_metadata(tmp_path)

@@ -145,9 +145,12 @@ def test_max_image_pixels_flag(tmp_path, capsys, main):
     assert "set.lst:1: skipping" in capsys.readouterr().err
     with RecordReader(tmp_path / "set.rec") as r:
         assert r.keys() == [1]
-    assert main(["im2rec", "--quiet", "--max-image-pixels", "0", prefix, str(root)]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it before any work
+        main(["im2rec", "--quiet", "--max-image-pixels", "0", prefix, str(root)])
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "max_image_pixels" in err and "positive" in err
+    assert stop.value.code == 2 and "--max-image-pixels" in err.splitlines()[-1] and "got 0" in err
+    with pytest.raises(ClientError, match=r"max_image_pixels .*1\.\.1099511627776, got 0"):  # the API, same rule
+        PackOptions(max_image_pixels=0)
 
 
 def test_resize_past_the_pixel_limit_is_a_skip_not_a_memory_error(tmp_path):

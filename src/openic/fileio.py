@@ -60,22 +60,28 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = dest.with_name(f".{dest.name}.tmp-{_HOST}-{os.getpid()}")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
+        replace_durably(tmp, dest)
     except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError as cleanup:
             log.warning("could not remove the temporary file %s: %s", tmp, cleanup)
-        if isinstance(e, OSError):
+        # an error about another file (one the body was reading) keeps its own message, which names that file
+        if isinstance(e, OSError) and e.filename in (None, str(tmp), str(dest), os.fspath(tmp), os.fspath(dest)):
             raise OutputError(f"cannot write {dest}: {os_reason(e)}") from e
         raise
     _sweep_stale(dest)
-    try:  # make the rename itself durable; not every filesystem allows fsync on a directory
+
+
+def replace_durably(tmp: Path, dest: Path) -> None:
+    """fsync ``tmp``, rename it over ``dest``, then fsync the folder so the rename itself survives a power cut."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+    try:  # not every filesystem allows fsync on a directory
         dir_fd = os.open(dest.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from openic import __version__
 from openic.artifacts.state_dict import check_state_fits, clean_state_dict, unwrap_model
 from openic.errors import ClientError, shown
-from openic.fileio import atomic_path
+from openic.fileio import atomic_path, os_reason
 from openic.formats.tar import MiB, check_member, check_size, member_name, read_file, read_member
 from openic.hyperparams import parse_image_shape, sagemaker_string
 from openic.models.depths import DEPTHS
@@ -207,7 +207,10 @@ class _Artifact:
     def read(self, name: str, limit: int) -> bytes:
         """The bytes of member ``name`` (which must be in ``names``), refused when it holds more than ``limit``."""
         if self._dir is not None:
-            return read_file(self._dir / name, limit)
+            try:
+                return read_file(self._dir / name, limit)
+            except OSError as e:  # unreadable, a folder in its place, removed meanwhile
+                raise ClientError(f"{self._dir / name} cannot be read: {os_reason(e)}") from e
         assert self._tar is not None
         try:
             return read_member(self._tar, self._members[name], self.source, limit)

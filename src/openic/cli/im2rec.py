@@ -18,19 +18,11 @@ import argparse
 import logging
 import sys
 
+from openic.cli.argtypes import boolean, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 from openic.logs import setup_logging
 from openic.prep.im2rec import PackOptions, pack_prefix
 from openic.prep.im2rec_list import DEFAULT_EXTS, ListOptions, make_list
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false or 1/0, got {text!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     shuffle.add_argument(
         "--no-shuffle", dest="shuffle", action="store_false", help="keep walk order (default: shuffle, seed 100)"
     )
-    shuffle.add_argument("--shuffle", dest="shuffle", type=_bool, help="older MXNet spelling: --shuffle false")
+    shuffle.add_argument("--shuffle", dest="shuffle", type=boolean, help="older MXNet spelling: --shuffle false")
     p.set_defaults(shuffle=True)
 
     r = p.add_argument_group("options for creating the record files")
@@ -82,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--max-image-pixels",
         metavar="N",
-        type=int,
+        type=pixel_limit,
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="treat images declaring more pixels (width x height) than this, or resized to more, as unreadable, "
         "before decoding them (default: %(default)s)",

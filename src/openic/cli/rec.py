@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from openic.errors import ClientError
+from openic.cli.argtypes import pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 from openic.formats.rec_inspect import index_records, inspect_records
 
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument(
         "--max-image-pixels",
         metavar="N",
-        type=int,
+        type=pixel_limit,
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="with --decode, refuse images whose header declares more pixels (width x height) than this, before "
         "decoding them (default: %(default)s)",
@@ -54,8 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     out = sys.stdout
-    if args.max_image_pixels < 1:
-        raise ClientError(f"--max-image-pixels must be a positive integer, got {args.max_image_pixels}")
     for info in inspect_records(args.rec, args.idx, decode=args.decode, max_pixels=args.max_image_pixels):
         out.write(json.dumps(info) + "\n")
     return 0

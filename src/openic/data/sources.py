@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from openic.errors import ClientError, DataError
-from openic.formats.lst import CLASSES_SUFFIX, read_classes, read_lst_with_lines, resolve_image_path
+from openic.formats.lst import (
+    CLASSES_SUFFIX,
+    label_count_mismatch,
+    read_classes,
+    read_lst_with_lines,
+    resolve_image_path,
+)
 from openic.formats.manifest import read_manifest_with_lines
 from openic.formats.recordio import IRHeader, RecordReader, unpack
 
@@ -118,10 +124,9 @@ def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str
         if len(lab) == width:
             continue
         if num_classes is not None:
-            raise DataError(f"{describe(i)}: Mismatch between number of labels in the multi-label data ({len(lab)}) "
-                            f"and the num_classes parameter ({num_classes}).")
-        raise DataError(f"{describe(i)}: Mismatch between number of labels in the multi-label data ({len(lab)}) "
-                        f"and those of {describe(0)} ({width}); every image needs the same number.")
+            raise DataError(label_count_mismatch(len(lab), num_classes, describe(i)))
+        raise DataError(f"{describe(i)}: {len(lab)} labels, but {describe(0)} has {width}; every image needs the "
+                        "same number of labels.")
     return np.asarray(labels, dtype=np.float32).reshape(len(labels), width)
 
 

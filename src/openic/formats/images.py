@@ -39,6 +39,7 @@ ENCODINGS = (".jpg", ".jpeg", ".png")
 # DecompressionBombWarning: ~9459x9459, a 256 MiB RGB decode. A header can declare 65535x65535 in a few bytes,
 # which would cost 12 GiB before the decoder notices the pixel data is missing.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+MAX_IMAGE_PIXELS_LIMIT = 2**40  # no decoder here can hold more; past this a "limit" is no limit at all
 JPEG_MAX_SIDE = 65535  # the SOF header's 16-bit width and height
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15 less DHT, JPG, DAC
 _JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: markers without a length field
@@ -101,11 +102,18 @@ def check_image_size(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
     """
     if max_pixels is None:
         return
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ClientError(f"max_pixels must be a positive int (or None for no limit), got {max_pixels!r}")
+    check_max_pixels(max_pixels)
     size = declared_size(data)
     if size is not None:
         _check_pixels(*size, max_pixels)
+
+
+def check_max_pixels(value: object, name: str = "max_pixels") -> int:
+    """The one validator of a pixel limit (API argument, ``--max-image-pixels``, run option); returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_PIXELS_LIMIT:
+        raise ClientError(f"{name} must be a whole number of pixels (width x height) in 1..{MAX_IMAGE_PIXELS_LIMIT}, "
+                          f"got {value!r}")
+    return value
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:

@@ -36,6 +36,13 @@ class LstEntry(NamedTuple):
     path: str
 
 
+def label_count_mismatch(width: int, num_classes: int, where: str = "") -> str:
+    """SageMaker's own words for a multi-label row whose width is not ``num_classes`` (spec §3), one place."""
+    at = f"{where}: " if where else ""
+    return (f"{at}Mismatch between number of labels in the multi-label data ({width}) and the num_classes "
+            f"parameter ({num_classes}).")
+
+
 def parse_number(value: object, where: str, what: str, context: str = "") -> float:
     """A finite label value from text or a JSON number; errors say where and what (shared with manifests)."""
     said = f"{where}: {what} {shown(value)}{context}"
@@ -101,10 +108,7 @@ def read_lst_with_lines(path: str | os.PathLike[str], *, num_classes: int | None
         if width is None:
             width = len(entry.labels)
             if num_classes is not None and width != num_classes:
-                raise DataError(
-                    f"{where}: Mismatch between number of labels in the multi-label data ({width}) and "
-                    f"the num_classes parameter ({num_classes})."
-                )
+                raise DataError(label_count_mismatch(width, num_classes, where))
         elif len(entry.labels) != width:
             first = rows[0][0]
             raise DataError(

@@ -24,7 +24,7 @@ import sys
 from typing import Any, NamedTuple
 
 from openic.errors import ClientError, DataError, shown
-from openic.formats.lst import parse_number, text_lines
+from openic.formats.lst import label_count_mismatch, parse_number, text_lines
 
 LABEL_FORMATS = ("multi-hot", "class-id")
 SOURCE_REF = "source-ref"
@@ -112,10 +112,7 @@ def _parse_label(value: Any, fmt: str, num_classes: int | None, where: str, attr
             f"label-format=class-id in the content type"
         )
     if num_classes is not None and len(labels) != num_classes:
-        raise DataError(
-            f"{where}: Mismatch between number of labels in the multi-label data ({len(labels)}) and the "
-            f"num_classes parameter ({num_classes})."
-        )
+        raise DataError(label_count_mismatch(len(labels), num_classes, where))
     return labels
 
 

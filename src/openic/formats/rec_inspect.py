@@ -122,7 +122,7 @@ def index_records(
     if target.exists():
         raise ClientError(f"index file already exists: {target} (delete it to rebuild)")
     index: dict[int | str, int] = {}
-    with RecordReader(rec_path) as reader:
+    with RecordReader(rec_path, use_index=False) as reader:  # the old .idx may be the damaged one being replaced
         for number, (data, span) in enumerate(reader.scan()):
             k: int = number
             if key == "id":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from openic.errors import DataError
-from openic.fileio import FileLock, OutputError, atomic_write_text, os_reason
+from openic.fileio import FileLock, OutputError, atomic_write_text, os_reason, replace_durably
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -341,14 +341,12 @@ class RecordWriter:
             return
         for target, _, f in self._files:
             try:
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
+                f.close()  # flushes; a full disk fails here, before anything is renamed
             except OSError as e:
                 raise self._failed(target, e) from e
         for target, tmp, _ in self._files:
             try:
-                os.replace(tmp, target)
+                replace_durably(tmp, target)  # fsync, rename, fsync the folder
             except OSError as e:
                 raise self._failed(target, e) from e
         self._done = True

@@ -1,7 +1,7 @@
 """The ResNet depth table, torch-free: the schema takes its ``num_layers`` choices from here.
 
 Adding a depth is one row in ``DEPTHS``: the hyperparameter's valid values, the network built for it and the
-minimum image size all follow from the row (``tests/test_resnet.py`` proves it with a depth added at run time).
+minimum image size all follow from the row (``tests/test_depths.py`` proves it with a depth added at run time).
 
 MXNet picks the 3-stage layout by image height (<= 28), which would reject num_layers=18 at 3,28,28 although
 AWS's own example uses it, so the layout here follows the depth (spec §6).

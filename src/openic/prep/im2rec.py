@@ -46,6 +46,7 @@ from openic.formats.images import (
     ImageTooLargeError,
     apply_exif_orientation,
     check_image_size,
+    check_max_pixels,
     decode_image,
     encode_image,
     exif_orientation,
@@ -88,8 +89,7 @@ class PackOptions:
             raise ClientError(f"quality must be in 0..100 (JPEG quality; PNG compression 0..9), got {self.quality}")
         if not 1 <= self.num_thread <= MAX_THREADS:
             raise ClientError(f"num_thread must be a positive int, at most {MAX_THREADS}, got {self.num_thread}")
-        if self.max_image_pixels < 1:
-            raise ClientError(f"max_image_pixels must be a positive int (width x height), got {self.max_image_pixels}")
+        check_max_pixels(self.max_image_pixels, "max_image_pixels")
         if self.color not in (0, 1):
             raise ClientError(
                 f"color {self.color} is not supported: use 1 (3-channel colour) or 0 (grayscale); -1 (keep alpha and "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from openic.errors import ClientError, shown
-from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
+from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS_LIMIT
 
 _MAX_SEED = 2**32 - 1  # numpy's and Python's generators take seeds below 2**32 from torch's seed in resume state
 
@@ -40,7 +40,8 @@ class TrainConfig:
     cache_mb: int = _option(4096, "decode data sets up to this size once into memory (0 = always stream)", "int",
                             low=0, high=2**30, metavar="MB")
     max_image_pixels: int = _option(DEFAULT_MAX_IMAGE_PIXELS, "refuse images that declare more pixels than this "
-                                    "(width x height) before decoding them", "int", low=1, high=2**40, metavar="N")
+                                    "(width x height) before decoding them", "int", low=1,
+                                    high=MAX_IMAGE_PIXELS_LIMIT, metavar="N")
     pretrained: Path | None = _option(None, "ImageNet weights for use_pretrained_model=1 (file or folder)", "path",
                                       env="OPENIC_PRETRAINED_DIR")
     label_format: str = _option("multi-hot", "label format of augmented manifests (SageMaker's content-type "

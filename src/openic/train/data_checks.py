@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from openic.formats.images import resized_hw
+from openic.formats.lst import label_count_mismatch
 from openic.hyperparams import HyperParameterError, HyperParameters
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,7 @@ def cross_check(hp: HyperParameters, *, num_images: int | None = None, label_wid
                        "schedule counts epochs by num_training_samples.", hp.num_training_samples, num_images)
     at = f"{where}: " if where else ""
     if label_width is not None and hp.multi_label == 1 and label_width != hp.num_classes:
-        errors.append(f"{at}Mismatch between number of labels in the multi-label data ({label_width}) "
-                      f"and the num_classes parameter ({hp.num_classes}).")
+        errors.append(label_count_mismatch(label_width, hp.num_classes, where))
     if label_width is not None and hp.multi_label == 0 and label_width != 1:
         errors.append(f"{at}The data has {label_width} labels per image but multi_label is 0, which expects one "
                       "class id per image; set multi_label=1 for multi-hot labels.")

@@ -8,7 +8,8 @@ and run options. :func:`run_job` owns everything around :func:`openic.train.loop
 - the reason a job fails goes to ``OUTPUT_DIR/failure`` (SageMaker's ``/opt/ml/output/failure``), first line
   prefixed ``ClientError:`` (the user's input) or ``AlgorithmError:`` (ours, with the traceback below);
 - exit codes: 0 done, 2 ``ClientError``, 1 ``AlgorithmError``, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM
-  (how SageMaker stops a job); after 130 or 143 the same command resumes from ``checkpoints/last``.
+  (how SageMaker stops a job); after 130 or 143 the same command resumes from ``checkpoints/last`` when resuming
+  is on (the default) and an epoch had completed, and the stop message says which applies.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from openic.errors import ClientError
-from openic.fileio import FileLock, atomic_write_text
+from openic.fileio import FileLock, atomic_write_text, os_reason
 from openic.hyperparams import HyperParameters, load_hyperparameters_file
 from openic.tracking import Tracker
 from openic.train.config import TrainConfig
@@ -117,15 +118,21 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
         except ClientError as e:  # another job owns the folder, or it cannot be one: write nothing into it
             print(f"ClientError: {e}", file=sys.stderr)
             return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
-        (out / FAILURE).unlink(missing_ok=True)
         held.enter_context(_sigterm_raises())
         return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker)
 
 
 def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str, object], out: Path,
              file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None) -> JobResult:
+    try:  # a stale failure file from an earlier run must go; if it cannot (a folder, no permission), say so
+        (out / FAILURE).unlink(missing_ok=True)
+    except OSError as e:
+        text = f"ClientError: cannot remove the old {out / FAILURE}: {os_reason(e)}"
+        print(text, file=sys.stderr)
+        return JobResult(EXIT_CLIENT, failure=text)
+    config: TrainConfig | None = None
     try:
-        config = options if isinstance(options, TrainConfig) else TrainConfig(**options)  # type: ignore[arg-type]
+        config = options if isinstance(options, TrainConfig) else train_config(options)
         hp = resolve_hyperparameters(file, overrides)
         from openic.train.loop import fit  # torch and the data stack load only once the inputs parsed
 
@@ -133,12 +140,12 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
     except (ClientError, FileNotFoundError) as e:
         return _failed(out, EXIT_CLIENT, f"ClientError: {e}")
     except KeyboardInterrupt:
-        print("openic train: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted; {_resume_hint(config, out)}", file=sys.stderr)
         return JobResult(EXIT_INTERRUPTED)
     except Terminated:
-        log.warning("Stopped by SIGTERM; %s holds the last completed epoch: run the same command again to resume",
-                    out / "checkpoints" / "last")
+        log.warning("Stopped by SIGTERM; %s", _resume_hint(config, out))
         return JobResult(EXIT_TERMINATED)
+
     except Exception as e:  # noqa: BLE001 - any other failure is ours: report it as SageMaker does
         traceback.print_exc()
         text = f"AlgorithmError: {type(e).__name__}: {e}"
@@ -146,6 +153,25 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
                        f"{out / FAILURE})")
     print(f"model: {result.model_path}")
     return JobResult(EXIT_OK, result=result)
+
+
+def train_config(options: Mapping[str, object]) -> TrainConfig:
+    """``TrainConfig`` from a mapping; an unknown key is a ``ClientError`` naming it and the valid ones."""
+    valid = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ClientError(f"unknown run option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(valid))}")
+    return TrainConfig(**options)  # type: ignore[arg-type]
+
+
+def _resume_hint(config: TrainConfig | None, out: Path) -> str:
+    """Promise a resume only when one will happen: resuming is on and a completed epoch was saved."""
+    last = out / "checkpoints" / "last"
+    if config is not None and config.resume and last.exists():
+        return f"{last} holds the last completed epoch: run the same command again to resume"
+    if config is not None and not config.resume:
+        return "resuming was off (--no-resume), so the same command starts over"
+    return "no epoch had completed, so the same command starts over"
 
 
 def _failed(out: Path, code: int, text: str, shown: str | None = None) -> JobResult:
@@ -163,10 +189,10 @@ def run_demo(root: Path, *, epochs: int | str = DEMO_HYPERPARAMETERS["epochs"], 
     from openic.data.sources import Channel
     from openic.prep.samples import make_digits
 
+    config = TrainConfig(output_dir=root / "model", seed=seed, resume=False)  # a bad seed fails before any work
     info = make_digits(root / "data")
     print(info.summary())
     channels = {"train": Channel("train", info.train_rec), "validation": Channel("validation", info.val_rec)}
-    config = TrainConfig(output_dir=root / "model", seed=seed, resume=False)
     job = run_job(channels, config, overrides=DEMO_HYPERPARAMETERS | {"epochs": str(epochs)})
     if job.exit_code == EXIT_OK:
         try:
