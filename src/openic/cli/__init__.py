@@ -15,7 +15,8 @@ from openic import __version__
 from openic.errors import ClientError
 
 # Listed explicitly (no import-time registration): the order is the order in --help.
-_COMMAND_MODULES = ("openic.cli.rec", "openic.cli.im2rec", "openic.cli.datasets", "openic.cli.train", "openic.cli.runs")
+_COMMAND_MODULES = ("openic.cli.rec", "openic.cli.im2rec", "openic.cli.datasets", "openic.cli.train", "openic.cli.runs",
+                    "openic.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
