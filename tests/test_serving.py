@@ -237,3 +237,20 @@ def test_corrupt_model_fails_at_start_naming_the_file(tmp_path):
         load(bad)
     with pytest.raises(ClientError, match=str(bad)), TestClient(create_app(ServeConfig(model=str(bad)))):
         pass
+
+
+def test_predict_cli_prints_top_k_with_class_names(tmp_path, artifact, capsys):
+    from openic.cli import main
+
+    good, bad = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    good.write_bytes(jpeg())
+    bad.write_bytes(b"nope")
+    assert main(["predict", "--model", str(artifact), "--top-k", "2", str(good)]) == 0
+    line = capsys.readouterr().out.strip()
+    want = load(artifact)
+    probs = want.predict(want.preprocess([decode_image(jpeg())]))[0]
+    best = CLASSES[int(np.argmax(probs))]
+    assert line.startswith(f"{good}: {best}=") and line.count("=") == 2
+    assert main(["predict", "--model", str(artifact), str(bad), str(good)]) == 1
+    captured = capsys.readouterr()
+    assert f"{bad}: error:" in captured.err and str(good) in captured.out
