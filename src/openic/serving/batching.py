@@ -57,6 +57,7 @@ class Batcher:
         self.on_batch, self.on_depth = on_batch or (lambda n: None), on_depth or (lambda n: None)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._arrived = asyncio.Event()
+        self._running = False  # a forward pass is under way (stop waits for it)
         self._waiting = 0  # images queued, not yet taken into a batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openic-forward")
         self._task: asyncio.Task | None = None
@@ -67,7 +68,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Finish what is queued, then stop (SIGTERM: in-flight requests are answered)."""
-        while not self._queue.empty():
+        while not self._queue.empty() or self._running:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
@@ -110,7 +111,11 @@ class Batcher:
                 count += int(job.images.shape[0])
             self._waiting -= count
             self.on_depth(self._waiting)
-            await self._forward(loop, jobs, count)
+            self._running = True
+            try:
+                await self._forward(loop, jobs, count)
+            finally:
+                self._running = False
 
     def _queue_front(self, job: _Job) -> None:
         """Put back a job that did not fit, ahead of the others (asyncio.Queue has no push-front)."""
