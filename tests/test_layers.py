@@ -18,7 +18,7 @@ LAYERS = {
     "prep": 2, "models": 2, "tracking": 2,
     "artifacts": 3, "data": 3,
     "train": 4, "serving": 4,
-    "sdk": 5,
+    "sdk": 5, "sagemaker": 5,
     "cli": 6, "__main__": 6,
 }
 # third-party imports a layer must not make (the file formats and the schema stay light and torch-free)

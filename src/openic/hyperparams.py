@@ -317,6 +317,17 @@ class HyperParameters:
             raise HyperParameterError(errors)
         return cls(**typed)  # type: ignore[arg-type]
 
+    @classmethod
+    def check_partial(cls, values: Mapping[str, object]) -> dict[str, str]:
+        """Check some hyperparameters on their own (unknown names, bad values; not missing or cross-field rules),
+        as ``Estimator.set_hyperparameters`` does before the set is complete; returns SageMaker's string map."""
+        names = [f.name for f in fields(cls)]
+        errors = [_unknown(key, names) for key in values if key not in names and key not in _IGNORED_NAMES]
+        errors += _coerce_all(values)[1]
+        if errors:
+            raise HyperParameterError(errors)
+        return {k: sagemaker_string(v) for k, v in values.items()}
+
     def to_dict(self) -> dict[str, object]:
         """Every field, JSON-able, in SageMaker's forms (``image_shape`` "3,224,224"); ``from_strings`` inverts it."""
         return {f.name: _json_form(f.metadata["kind"], getattr(self, f.name)) for f in fields(self)}

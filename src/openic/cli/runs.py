@@ -11,14 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from openic.tracking.charts import find_runs, plot_run, summarize_run
+from openic.errors import ClientError
+from openic.tracking.charts import find_runs, plot_compare, plot_run, summarize_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="draw a run's accuracy, loss, learning rate and throughput to a PNG",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training output folder (or its metrics.jsonl)")
-    p.add_argument("--out", type=Path, metavar="PNG", help="where to write the chart (default: RUN_DIR/metrics.png)")
+    p = sub.add_parser("plot", help="draw a run's accuracy, loss, learning rate and throughput to a PNG; several "
+                       "runs or jobs side by side", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a training output folder (or its metrics.jsonl), or a job name from `openic jobs list`")
+    p.add_argument("--out", type=Path, metavar="PNG",
+                   help="where to write the chart (default: RUN/metrics.png; several runs: ./comparison.png)")
     p.set_defaults(func=run_plot)
 
     r = sub.add_parser("runs", help="list the training runs found under folders (epochs, accuracy, time)",
@@ -29,8 +33,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_runs)
 
 
+def _resolve_run(name: str) -> tuple[str, Path]:
+    """A folder or metrics file as given, else a job of the SDK's job store (labelled by the job's name)."""
+    path = Path(name)
+    if path.exists():
+        return (path.parent.name if path.is_file() else path.name) or str(path), path
+    from openic.sdk.jobs import check_job_name, load_job
+
+    try:
+        check_job_name(name)
+    except ClientError:
+        raise ClientError(f"{name} is neither a run folder nor a job name") from None
+    return name, Path(load_job(name)["OutputDir"])
+
+
 def run_plot(args: argparse.Namespace) -> int:
-    print(plot_run(args.run_dir, args.out))
+    runs = [_resolve_run(r) for r in args.runs]
+    if len(runs) == 1:
+        print(plot_run(runs[0][1], args.out))
+    else:
+        print(plot_compare(runs, args.out or Path("comparison.png")))
     return 0
 
 

@@ -152,6 +152,34 @@ def plot_run(run_dir_or_metrics_jsonl: Path, out_png: Path | None = None) -> Pat
         best, epoch = summary["best_validation_accuracy"], summary["best_epoch"]
         title += f", best validation accuracy {best:.4f} at epoch {epoch}"
     fig.suptitle(title)
+    return _save(fig, out)
+
+
+def plot_compare(runs: list[tuple[str, Path]], out_png: Path) -> Path:
+    """Several runs on one chart, labelled by name: validation and train accuracy, and loss, per epoch."""
+    if len(runs) < 2:
+        raise ClientError(f"comparing needs two or more runs, got {len(runs)}")
+    figure_cls, locator = _import_figure()
+    fig = figure_cls(figsize=(14, 5), dpi=100, layout="constrained")
+    val, train, loss = fig.subplots(1, 3)
+    for i, (label, run) in enumerate(runs):
+        rows = per_epoch(read_metrics(metrics_path(Path(run))))
+        color = f"C{i % 10}"
+        _plot_lines(val, rows, [("validation:accuracy", label, {"color": color})])
+        _plot_lines(train, rows, [("train:accuracy", label, {"color": color})])
+        _plot_lines(loss, rows, [("validation:loss", f"{label} validation", {"color": color}),
+                                 ("train:loss", f"{label} train", {"color": color, "linestyle": "--"})])
+    for ax, title, ylabel in ((val, "Validation accuracy", "accuracy"), (train, "Train accuracy", "accuracy"),
+                              (loss, "Loss", "cross-entropy")):
+        _finish(ax, True, title, ylabel, locator)
+    val.set_ylim(0, 1.02)
+    train.set_ylim(0, 1.02)
+    fig.suptitle(f"{len(runs)} runs: {', '.join(label for label, _ in runs)}")
+    return _save(fig, Path(out_png))
+
+
+def _save(fig: Any, out: Path) -> Path:
+    """Write the PNG atomically (a viewer never sees half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     try:

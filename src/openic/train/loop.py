@@ -21,7 +21,7 @@ from torch import nn
 from openic.data.sources import Channel, find_class_names
 from openic.data.transforms import to_float_input
 from openic.hyperparams import HyperParameters
-from openic.tracking import FileTracker, Tracker
+from openic.tracking import FileTracker, MultiTracker, Tracker
 from openic.train import optim
 from openic.train.config import TrainConfig
 from openic.train.metrics import Accuracy, LossFn, make_loss, prefixed
@@ -186,7 +186,8 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     data = build_data(hp, channels, config, prefetch=device.type == "cuda")
     loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
     optim.warn_if_epoch_length_differs(hp, len(data.train))
-    tracker = tracker or FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
+    files = FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
+    tracker = files if tracker is None else MultiTracker(files, tracker)  # metrics.jsonl is always written
     try:
         tracker.log_params(hp.to_dict())
         _train_epochs(hp, config, Step(model, optimizer, loss_fn, device, autocast, scaler), data, run, ckpt, tracker)

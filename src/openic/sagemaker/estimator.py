@@ -1,0 +1,5 @@
+"""``sagemaker.estimator``."""
+
+from openic.sdk.estimator import Estimator
+
+__all__ = ["Estimator"]

@@ -1,0 +1,5 @@
+"""``sagemaker.inputs``."""
+
+from openic.sdk.inputs import TrainingInput
+
+__all__ = ["TrainingInput"]

@@ -1,0 +1,5 @@
+"""``sagemaker.serializers``."""
+
+from openic.sdk.serde import IdentitySerializer, NumpySerializer
+
+__all__ = ["IdentitySerializer", "NumpySerializer"]

@@ -1,0 +1,43 @@
+"""SageMaker instance types mapped to this machine: ``local``/``local_gpu`` and ``ml.*`` names.
+
+``local`` and CPU ``ml.*`` types train on the CPU; ``local_gpu`` and GPU ``ml.*`` families (p2, p3, p4d, p5,
+g4dn, g5, g6, ...) use CUDA when this machine has it, else the CPU with a warning naming the type. Anything else
+is refused before any work starts.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from openic.errors import ClientError, shown
+
+GPU_FAMILIES = ("p2", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en", "p6", "g4dn", "g4ad", "g5", "g5g", "g6",
+                "g6e", "gr6", "trn1", "trn2", "inf2")
+CPU_FAMILIES = ("t2", "t3", "m4", "m5", "m5d", "m6i", "m6g", "m7i", "c4", "c5", "c5d", "c5n", "c6i", "c6g", "c7i",
+                "r5", "r6i", "r7i")
+_ML = re.compile(r"^ml\.([a-z0-9]+)\.([0-9]*x?large|medium|small|metal[-a-z0-9]*)$")
+
+
+def device_for(instance_type: object) -> str:
+    """The training device for ``instance_type``: ``cpu``, or ``cuda`` when the type has GPUs and CUDA is here."""
+    if instance_type == "local":
+        return "cpu"
+    if instance_type == "local_gpu":
+        return _gpu_or_cpu("local_gpu")
+    m = _ML.match(instance_type) if isinstance(instance_type, str) else None
+    if m is None or m.group(1) not in GPU_FAMILIES + CPU_FAMILIES:
+        raise ClientError(f"instance_type {shown(instance_type)} is not one openic knows: use 'local', 'local_gpu' "
+                          f"or a SageMaker ml.* type of the families {', '.join(CPU_FAMILIES + GPU_FAMILIES)} "
+                          "(for example ml.p3.2xlarge, ml.c5.xlarge)")
+    return _gpu_or_cpu(instance_type) if m.group(1) in GPU_FAMILIES else "cpu"
+
+
+def _gpu_or_cpu(instance_type: str) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    warnings.warn(f"instance_type {instance_type!r} has GPUs but this machine has no CUDA device: training on the "
+                  "CPU", stacklevel=3)
+    return "cpu"
