@@ -226,8 +226,10 @@ def test_stop_message_promises_a_resume_only_when_one_will_happen(tmp_path, resu
 
 def test_demo_with_a_bad_seed_fails_before_building_data(tmp_path):
     from openic.errors import ClientError
-    from openic.train.job import run_demo
+    from openic.sdk.demo import run_workshop
 
     with pytest.raises(ClientError, match="seed"):
-        run_demo(tmp_path, seed=-1)
+        run_workshop(tmp_path, seed=-1)
+    with pytest.raises(ClientError, match="epochs"):
+        run_workshop(tmp_path, epochs="0")
     assert not (tmp_path / "data").exists()

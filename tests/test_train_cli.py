@@ -420,10 +420,19 @@ def test_resume_with_other_architecture_names_the_hyperparameters(tmp_path, smal
 
 
 @pytest.mark.slow
-def test_demo_command_builds_digits_and_trains(tmp_path, capsys):
-    """What `make demo` runs, for one epoch: data, training, model and chart."""
-    assert main(["demo", "--dir", str(tmp_path), "--epochs", "1"]) == 0
+def test_demo_command_runs_the_workshop_end_to_end(tmp_path, capsys, monkeypatch):
+    """What `make demo` runs, for one epoch: data, a training job, charts, an endpoint, predictions, locations."""
+    monkeypatch.setenv("OPENIC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["demo", "--dir", str(tmp_path), "--epochs", "1", "--show", "5"]) == 0
     out = capsys.readouterr().out
-    assert "Epoch[0] Validation-accuracy=" in out and "model: " in out
-    assert (tmp_path / "model" / "model.tar.gz").is_file() and (tmp_path / "model" / "metrics.png").is_file()
-    assert max(r["validation:accuracy"] for r in _epochs(tmp_path / "model")) > 0.5
+    assert "Epoch[0] Validation-accuracy=" in out
+    predicted = [line for line in out.splitlines() if line.strip().startswith("image ")]
+    assert len(predicted) == 5 and all("predicted " in p and ", true " in p for p in predicted)
+    assert "deleted;" in out and "open the MLflow UI with: openic ui" in out
+    (job,) = (tmp_path / "output").iterdir()
+    assert job.name.startswith("image-classification-")
+    model = job / "output" / "model.tar.gz"
+    assert f"model: {model}" in out and model.is_file() and (job / "output" / "metrics.png").is_file()
+    assert f"charts: {job / 'output' / 'metrics.png'}" in out and "MLflow run: " in out
+    assert max(r["validation:accuracy"] for r in _epochs(job / "output")) > 0.5

@@ -43,7 +43,7 @@ def _resolve_run(name: str) -> tuple[str, Path]:
     try:
         check_job_name(name)
     except ClientError:
-        raise ClientError(f"{name} is neither a run folder nor a job name") from None
+        raise ClientError(f"{name} is neither a run folder (no metrics.jsonl there) nor a job name") from None
     return name, Path(load_job(name)["OutputDir"])
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
 from openic.errors import ClientError
 from openic.train.config import TrainConfig, flag_name
-from openic.train.job import DEMO_HYPERPARAMETERS, JobResult, run_demo, run_job
+from openic.train.job import DEMO_HYPERPARAMETERS, JobResult, run_job
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_cli_arguments(p)
     p.set_defaults(func=run_train, takes_extra_hyperparameters=True)
 
-    d = sub.add_parser("demo", help="build the digits data set and train on it with the workshop's settings")
-    d.add_argument("--dir", type=Path, default=Path("demo-output"), help="where data and the model go")
+    d = sub.add_parser("demo", help="the workshop offline: digits → RecordIO → train → charts → deploy → predict",
+                       description="The SageMaker image-classification workshop end to end on the offline digits "
+                       "set, through the SDK: the job lands in the job store (OPENIC_HOME) and in MLflow.")
+    d.add_argument("--dir", type=Path, default=Path("demo-output"), help="where the data and the job output go")
     d.add_argument("--epochs", default=DEMO_HYPERPARAMETERS["epochs"], help="epochs to train (default %(default)s)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--show", type=int, default=8, help="validation images to predict at the end (default: 8)")
     d.set_defaults(func=cmd_demo)
 
 
@@ -106,4 +109,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from openic.logs import setup_logging
 
     setup_logging()
-    return run_demo(args.dir, epochs=args.epochs, seed=args.seed).exit_code
+    from openic.sdk.demo import run_workshop
+
+    return run_workshop(args.dir, epochs=args.epochs, seed=args.seed, show=args.show)

@@ -16,7 +16,7 @@ from typing import Any
 
 from openic.errors import ClientError
 from openic.sdk.jobs import now, update_job
-from openic.sdk.tracking import job_tracker
+from openic.sdk.tracking import EXPERIMENT, job_tracker, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def run(spec: dict[str, Any]) -> int:
     name, out = spec["job_name"], Path(spec["output_dir"])
     update_job(name, TrainingJobStatus="InProgress", TrainingStartTime=now(), Pid=os.getpid())
     tracker = job_tracker(name, spec)
+    if tracker is not None:
+        update_job(name, MlflowRunId=tracker.run_id, MlflowTrackingUri=tracking_uri(), MlflowExperiment=EXPERIMENT)
     job = run_job(_channels(spec), {"output_dir": out, **spec.get("run_options", {})},
                   overrides=spec["hyperparameters"], tracker=tracker)
     charts = _charts(out) if job.exit_code == EXIT_OK else []

@@ -97,7 +97,8 @@ class Predictor:
             raise RequestError(400, f"preprocess mode {shown(mode)} is not one of {', '.join(PREPROCESS_MODES)}")
         out = []
         for img in images:
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+            arr = np.ascontiguousarray(img)
+            x = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1)[None]
             try:
                 if mode == "sagemaker":
                     out.append(inference_transform(x, self.image_shape))

@@ -1,4 +1,4 @@
-"""SageMaker's training-job contract, shared by ``openic train``, ``openic demo``, the SDK and a container entry.
+"""SageMaker's training-job contract, shared by ``openic train``, the SDK (``openic demo``) and a container entry.
 
 A job is: hyperparameters from a JSON file (SageMaker's ``hyperparameters.json``) plus overrides, the channels,
 and run options. :func:`run_job` owns everything around :func:`openic.train.loop.fit`:
@@ -182,23 +182,3 @@ def _failed(out: Path, code: int, text: str, shown: str | None = None) -> JobRes
         print(f"(could not write the failure file: {e})", file=sys.stderr)
     print(shown or text, file=sys.stderr)
     return JobResult(code, failure=text)
-
-
-def run_demo(root: Path, *, epochs: int | str = DEMO_HYPERPARAMETERS["epochs"], seed: int = 0) -> JobResult:
-    """The workshop flow on the offline digits set: data → RecordIO → ResNet-18 → model.tar.gz + a chart."""
-    from openic.data.sources import Channel
-    from openic.prep.samples import make_digits
-
-    config = TrainConfig(output_dir=root / "model", seed=seed, resume=False)  # a bad seed fails before any work
-    info = make_digits(root / "data")
-    print(info.summary())
-    channels = {"train": Channel("train", info.train_rec), "validation": Channel("validation", info.val_rec)}
-    job = run_job(channels, config, overrides=DEMO_HYPERPARAMETERS | {"epochs": str(epochs)})
-    if job.exit_code == EXIT_OK:
-        try:
-            from openic.tracking.charts import plot_run
-
-            print(f"chart: {plot_run(config.output_dir)}")
-        except ClientError as e:
-            print(f"(no chart: {e})")
-    return job

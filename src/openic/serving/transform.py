@@ -1,0 +1,199 @@
+"""Batch transform, as SageMaker's writes it: for each input object ``X``, ``OUTPUT/X.out`` holds the response.
+
+Inputs: a folder (every file an object, ``SplitType=None``), a ``.rec`` file (``SplitType=RecordIO``: every
+record a request, the responses assembled into ``OUTPUT/FILE.rec.out`` by ``AssembleWith``), or a manifest
+(JSON lines with ``source-ref``, or SageMaker's ManifestFile ``[{"prefix": ...}, "a.jpg", ...]``; every listed
+image an object, ``SplitType=Line``). Objects are decoded in parallel and predicted in batches; finished outputs
+are skipped on a re-run; an object that fails is reported by name and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openic.errors import ClientError, shown
+from openic.fileio import FileLock, atomic_path
+from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
+from openic.formats.recordio import RecordReader, unpack
+from openic.serving.handler import NPY_TYPE, Predictor, RequestError, decode, encode, parse_accept
+
+log = logging.getLogger(__name__)
+
+SPLIT_TYPES = ("None", "RecordIO", "Line")
+ASSEMBLE_WITH = ("None", "Line")
+MANIFEST_SUFFIXES = (".manifest", ".jsonl")
+LOCK = ".openic-transform.lock"
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    content_type: str = "application/x-image"
+    accept: str = "application/jsonlines"
+    split_type: str | None = None  # None: from the input's kind
+    assemble_with: str = "Line"
+    preprocess: str = "sagemaker"
+    batch_size: int = 32
+    workers: int = 4
+    max_payload_mb: float = 6.0
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split_type not in (None, *SPLIT_TYPES):
+            raise ClientError(f"split type {shown(self.split_type)} is not one of {', '.join(SPLIT_TYPES)}")
+        if self.assemble_with not in ASSEMBLE_WITH:
+            raise ClientError(f"assemble-with {shown(self.assemble_with)} is not one of {', '.join(ASSEMBLE_WITH)}")
+        if not 1 <= self.batch_size <= 1024:
+            raise ClientError(f"batch size must be 1..1024, got {self.batch_size}")
+        if not 1 <= self.workers <= 64:
+            raise ClientError(f"workers must be 1..64, got {self.workers}")
+        if not 0 < self.max_payload_mb <= 100:
+            raise ClientError(f"max payload must be in (0, 100] MB, got {self.max_payload_mb}")
+
+
+@dataclass
+class Report:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Object:
+    """One input object: where its bytes come from and where its ``.out`` goes."""
+
+    name: str
+    out: Path
+    records: list[bytes] | None = None  # RecordIO: the images, read already
+    path: Path | None = None
+
+
+def _kind(source: Path) -> str:
+    if source.is_dir():
+        return "None"
+    if source.suffix.lower() == ".rec":
+        return "RecordIO"
+    if source.suffix.lower() in MANIFEST_SUFFIXES:
+        return "Line"
+    raise ClientError(f"{source}: cannot tell the input's kind; give a folder, a .rec file or a "
+                      f"{'/'.join(MANIFEST_SUFFIXES)} manifest")
+
+
+def _manifest_paths(path: Path) -> Iterator[Path]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):  # SageMaker's ManifestFile: [{"prefix": P}, "rel", ...]
+        items = json.loads(text)
+        if not items or not isinstance(items[0], dict) or "prefix" not in items[0]:
+            raise ClientError(f"{path}: a ManifestFile starts with {{\"prefix\": ...}}")
+        prefix = Path(str(items[0]["prefix"]).removeprefix("file://"))
+        yield from (prefix / str(rel) for rel in items[1:])
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ref = json.loads(line)["source-ref"]
+        except (ValueError, KeyError, TypeError):
+            raise ClientError(f"{path}:{lineno}: not a JSON object with a \"source-ref\"") from None
+        ref = Path(str(ref).removeprefix("file://"))
+        yield ref if ref.is_absolute() else path.parent / ref
+
+
+def objects(source: Path, output: Path, split_type: str) -> list[_Object]:
+    """The input objects of ``source`` in a stable order, each with its output path."""
+    if split_type == "RecordIO":
+        if source.suffix.lower() != ".rec":
+            raise ClientError(f"split type RecordIO needs a .rec file, got {source}")
+        with RecordReader(source) as reader:
+            records = [unpack(r)[1] for r in reader]
+        return [_Object(source.name, output / f"{source.name}.out", records=records)]
+    if split_type == "Line":
+        if source.is_dir():
+            raise ClientError(f"split type Line needs a manifest file, got the folder {source}")
+        return [_Object(p.name, output / f"{p.name}.out", path=p) for p in _manifest_paths(source)]
+    if not source.is_dir():
+        return [_Object(source.name, output / f"{source.name}.out", path=source)]
+    files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix != ".out")
+    return [_Object(str(p.relative_to(source)), output / f"{p.relative_to(source)}.out", path=p) for p in files]
+
+
+def transform(predictor: Predictor, source: Path, output: Path, options: TransformOptions = TransformOptions()
+              ) -> Report:
+    """Run batch transform of ``source`` into ``output``; see the module docstring."""
+    source, output = Path(source), Path(output)
+    if not source.exists():
+        raise ClientError(f"input {source} does not exist")
+    split = options.split_type or _kind(source)
+    answer = parse_accept(options.accept, predictor.num_classes)
+    output.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    with FileLock(output / LOCK, f"the output folder {output}"):
+        todo = []
+        for obj in objects(source, output, split):
+            if obj.out.exists():
+                report.skipped += 1
+            else:
+                todo.append(obj)
+        bar = _progress(len(todo), options.progress)
+        with ThreadPoolExecutor(options.workers) as pool:
+            for start in range(0, len(todo), options.batch_size):
+                chunk = todo[start:start + options.batch_size]
+                for obj, result in zip(chunk, pool.map(lambda o: _prepare(predictor, o, options), chunk),
+                                       strict=True):
+                    _finish(predictor, obj, result, answer, options, report)
+                    bar.update(1)
+        bar.close()
+    return report
+
+
+def _prepare(predictor: Predictor, obj: _Object, options: TransformOptions) -> object:
+    """The object's preprocessed batch, or the reason it cannot be read (an exception, returned)."""
+    limit = int(options.max_payload_mb * 1024 * 1024)
+    try:
+        bodies = obj.records if obj.records is not None else [obj.path.read_bytes()]  # type: ignore[union-attr]
+        images = []
+        for body in bodies:
+            if len(body) > limit:
+                raise RequestError(413, f"{len(body):,} bytes, more than the payload limit of {limit:,}")
+            kind = NPY_TYPE if obj.path is not None and obj.path.suffix == ".npy" else options.content_type
+            images += decode(body, kind, predictor.image_shape[0], max_pixels=options.max_image_pixels)
+        return predictor.preprocess(images, options.preprocess)
+    except (ClientError, OSError) as e:
+        return e
+
+
+def _finish(predictor: Predictor, obj: _Object, batch: object, answer, options: TransformOptions,
+            report: Report) -> None:
+    if isinstance(batch, Exception):
+        report.failed.append((obj.name, str(batch)))
+        print(f"{obj.name}: failed: {batch}", file=sys.stderr)
+        return
+    probs = predictor.predict(batch)  # type: ignore[arg-type]
+    rows = [encode(probs[i:i + 1], answer, predictor.class_names, predictor.multi_label) for i in range(len(probs))]
+    joiner = b"\n" if options.assemble_with == "Line" else b""
+    body = joiner.join(r.rstrip(b"\n") for r in rows) + (b"\n" if options.assemble_with == "Line" else b"")
+    obj.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(obj.out) as tmp:
+        tmp.write_bytes(body)
+    report.done += 1
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a stand-in
+    if not enabled or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="transform", unit="obj")

@@ -1,0 +1,115 @@
+"""Batch transform (openic transform): X -> X.out for folders, .rec files and manifests; re-runs skip finished
+objects; a bad object is named and the rest go on; one transform per output folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from serving_helpers import SRC, image, jpeg, make_artifact, npy, png
+
+from openic.cli import main
+from openic.formats.images import decode_image
+from openic.formats.recordio import IRHeader, RecordWriter, pack
+from openic.serving.handler import load
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("tmodel"))
+
+
+def _direct(artifact, img):
+    p = load(artifact)
+    return p.predict(p.preprocess([img]))[0]
+
+
+def _run(artifact, src, out, *extra):
+    return main(["transform", "--model", str(artifact), "--input", str(src), "--output", str(out), "--quiet", *extra])
+
+
+def test_folder_each_object_gets_its_out(tmp_path, artifact, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.jpg").write_bytes(jpeg(seed=1))
+    (src / "sub" / "b.png").write_bytes(png(seed=2))
+    (src / "c.npy").write_bytes(npy(image(seed=3)))
+    assert _run(artifact, src, tmp_path / "out") == 0
+    for name, img in (("a.jpg", decode_image(jpeg(seed=1))), ("sub/b.png", image(seed=2)), ("c.npy", image(seed=3))):
+        text = (tmp_path / "out" / f"{name}.out").read_text()
+        assert text.endswith("\n") and text.count("\n") == 1
+        np.testing.assert_allclose(json.loads(text)["prediction"], _direct(artifact, img), atol=1e-5)
+    assert "3 written" in capsys.readouterr().out
+    assert _run(artifact, src, tmp_path / "out") == 0  # a re-run skips what is done
+    assert "0 written, 3 already done" in capsys.readouterr().out
+    assert _run(artifact, src, tmp_path / "bare", "--accept", "application/json") == 0
+    assert isinstance(json.loads((tmp_path / "bare" / "a.jpg.out").read_text()), list)
+
+
+def test_recordio_one_line_per_record(tmp_path, artifact):
+    rec = tmp_path / "set.rec"
+    with RecordWriter(rec) as w:
+        for i in range(5):
+            w.write(pack(IRHeader(0, float(i), i, 0), jpeg(seed=10 + i)))
+    assert _run(artifact, rec, tmp_path / "out") == 0
+    lines = (tmp_path / "out" / "set.rec.out").read_text().splitlines()
+    assert len(lines) == 5
+    for i, line in enumerate(lines):
+        np.testing.assert_allclose(json.loads(line)["prediction"], _direct(artifact, decode_image(jpeg(seed=10 + i))),
+                                   atol=1e-5)
+    assert _run(artifact, rec, tmp_path / "joined", "--assemble-with", "None") == 0
+    assert (tmp_path / "joined" / "set.rec.out").read_text().count("\n") == 0
+
+
+def test_both_manifest_formats(tmp_path, artifact):
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        (tmp_path / "imgs" / f"{i}.jpg").write_bytes(jpeg(seed=i))
+    lines = tmp_path / "m.manifest"
+    lines.write_text("".join(json.dumps({"source-ref": f"imgs/{i}.jpg", "class": 0}) + "\n" for i in range(3)))
+    assert _run(artifact, lines, tmp_path / "o1") == 0
+    listed = tmp_path / "list.manifest"
+    listed.write_text(json.dumps([{"prefix": str(tmp_path / "imgs")}, "0.jpg", "2.jpg"]))
+    assert _run(artifact, listed, tmp_path / "o2") == 0
+    assert sorted(p.name for p in (tmp_path / "o1").glob("*.out")) == ["0.jpg.out", "1.jpg.out", "2.jpg.out"]
+    assert sorted(p.name for p in (tmp_path / "o2").glob("*.out")) == ["0.jpg.out", "2.jpg.out"]
+
+
+def test_bad_object_is_named_and_the_rest_go_on(tmp_path, artifact, capsys, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.jpg").write_bytes(jpeg())
+    (src / "bad.jpg").write_bytes(b"not an image")
+    (src / "big.jpg").write_bytes(jpeg() + b"\0" * (1024 * 1024 + 10))
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1")
+    assert _run(artifact, src, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "bad.jpg: failed: the body is not a decodable" in err and "big.jpg: failed:" in err and "payload" in err
+    assert (tmp_path / "out" / "good.jpg.out").exists() and not (tmp_path / "out" / "bad.jpg.out").exists()
+
+
+def test_split_type_that_does_not_fit_the_input(tmp_path, artifact, capsys):
+    (tmp_path / "in").mkdir()
+    assert _run(artifact, tmp_path / "in", tmp_path / "o", "--split-type", "RecordIO") == 2
+    assert "RecordIO needs a .rec file" in capsys.readouterr().err
+    assert _run(artifact, tmp_path / "in", tmp_path / "o", "--split-type", "Line") == 2
+    assert "Line needs a manifest" in capsys.readouterr().err
+
+
+def test_two_transforms_into_one_folder_refused(tmp_path, artifact, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import sys, time; from pathlib import Path; from openic.fileio import FileLock\n"
+            "with FileLock(Path(sys.argv[1]), 'x'):\n    print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out / ".openic-transform.lock")],
+                              env={"PYTHONPATH": SRC}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "a.jpg").write_bytes(jpeg())
+        assert _run(artifact, tmp_path / "in", out) == 2
+        assert str(out) in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
