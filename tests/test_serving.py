@@ -4,6 +4,7 @@ Accept, every refusal, probabilities equal to a direct model call, the batching 
 import asyncio
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,35 @@ def test_concurrent_requests_run_as_one_forward(artifact):
     assert calls == [5]  # five concurrent requests, one forward pass
     for x, got in zip(xs, out, strict=True):
         np.testing.assert_allclose(got, predictor.predict(x), atol=1e-5)
+
+
+def test_a_lone_request_does_not_wait_for_company_but_an_announced_one_is_waited_for(artifact):
+    predictor = load(artifact)
+    calls = []
+
+    def predict(batch):
+        calls.append(int(batch.shape[0]))
+        return predictor.predict(batch)
+
+    async def main():
+        batcher = Batcher(predict, BatchOptions(max_batch=8, max_wait_ms=2000))
+        batcher.start()
+        x = predictor.preprocess([image()])
+        tic = time.perf_counter()
+        await batcher.submit(x)  # nothing else on its way: no 2 s wait
+        lone = time.perf_counter() - tic
+
+        async def late():
+            with batcher.incoming():  # read and decoded while the first one waits
+                await asyncio.sleep(0.3)
+                return await batcher.submit(x)
+
+        both = await asyncio.gather(batcher.submit(x), late())
+        await batcher.stop()
+        return lone, both
+
+    lone, both = asyncio.run(main())
+    assert lone < 1.0 and calls == [1, 2] and len(both) == 2
 
 
 def test_full_queue_is_503_not_unbounded(artifact):

@@ -29,6 +29,9 @@ _EXPORTS = {
     "TrainConfig": "openic.train.config",
     "fit": "openic.train.loop",
     "load_model": "openic.artifacts.model",
+    "Estimator": "openic.sdk",
+    "TrainingInput": "openic.sdk",
+    "Predictor": "openic.sdk",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -71,4 +72,10 @@ def run_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    return subprocess.call(cmd, env=dict(os.environ))
+    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # stopping openic ui stops the MLflow server
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()

@@ -134,13 +134,14 @@ class Endpoint:
         mode = _preprocess_mode(request, self.config.preprocess)
         content_type = request.headers.get("content-type")
         check_content_type(content_type)  # 415 before the body is read
-        body = await _read_body(request, self.limit)
 
         def prepare() -> object:
             images = decode(body, content_type or "", p.image_shape[0], max_pixels=self.config.max_image_pixels)
             return p.preprocess(images, mode)
 
-        batch = prepare() if len(body) <= INLINE_DECODE_BYTES else await run_in_threadpool(prepare)
+        with self.batcher.incoming():  # the batcher waits for this request only while it is on its way
+            body = await _read_body(request, self.limit)
+            batch = prepare() if len(body) <= INLINE_DECODE_BYTES else await run_in_threadpool(prepare)
         probs: np.ndarray = await self.batcher.submit(batch)  # type: ignore[arg-type]
         return Response(encode(probs, answer, p.class_names, p.multi_label), media_type=answer.media_type)
 

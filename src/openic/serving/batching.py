@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -59,6 +59,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._running = False  # a forward pass is under way (stop waits for it)
         self._waiting = 0  # images queued, not yet taken into a batch
+        self._incoming = 0  # requests being read or decoded: worth waiting for, up to max_wait_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openic-forward")
         self._task: asyncio.Task | None = None
         self.batches: list[int] = []  # sizes of the recent forward passes (the last 1000), for tests and logs
@@ -75,6 +76,16 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._executor.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request on its way to :meth:`submit`. A batch waits for more only while some are: a lone
+        request (concurrency 1) runs at once instead of paying ``max_wait_ms`` for company that is not coming."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
 
     async def submit(self, images: torch.Tensor) -> np.ndarray:
         n = int(images.shape[0])
@@ -97,7 +108,7 @@ class Batcher:
             while count < self.options.max_batch:
                 if self._queue.empty():
                     left = deadline - time.perf_counter()
-                    if left <= 0:
+                    if left <= 0 or self._incoming == 0:
                         break
                     self._arrived.clear()  # waiting on an Event, not on Queue.get: a timeout then loses nothing
                     with contextlib.suppress(TimeoutError):
