@@ -173,13 +173,20 @@ def test_metrics_and_execution_parameters(client):
     assert params == {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 6}
 
 
-def test_concurrent_requests_run_as_one_forward(artifact):
-    predictor = load(artifact)
+def _counting(predictor):
+    """``predictor.predict`` that records the size of every forward pass."""
     calls = []
 
     def predict(batch):
         calls.append(int(batch.shape[0]))
         return predictor.predict(batch)
+
+    return predict, calls
+
+
+def test_concurrent_requests_run_as_one_forward(artifact):
+    predictor = load(artifact)
+    predict, calls = _counting(predictor)
 
     async def main():
         batcher = Batcher(predict, BatchOptions(max_batch=8, max_wait_ms=200))
@@ -197,11 +204,7 @@ def test_concurrent_requests_run_as_one_forward(artifact):
 
 def test_a_lone_request_does_not_wait_for_company_but_an_announced_one_is_waited_for(artifact):
     predictor = load(artifact)
-    calls = []
-
-    def predict(batch):
-        calls.append(int(batch.shape[0]))
-        return predictor.predict(batch)
+    predict, calls = _counting(predictor)
 
     async def main():
         batcher = Batcher(predict, BatchOptions(max_batch=8, max_wait_ms=2000))
