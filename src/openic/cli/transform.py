@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from openic.serving.app import DEFAULT_MAX_PAYLOAD_MB
     from openic.serving.handler import load
     from openic.serving.server import max_payload_mb_from_env
     from openic.serving.transform import TransformOptions, transform
@@ -41,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     options = TransformOptions(content_type=args.content_type, accept=args.accept, split_type=args.split_type,
                                assemble_with=args.assemble_with, preprocess=args.preprocess,
                                batch_size=args.batch_size, workers=args.workers,
-                               max_payload_mb=max_payload_mb_from_env(6.0), max_image_pixels=args.max_image_pixels,
-                               progress=not args.quiet)
+                               max_payload_mb=max_payload_mb_from_env(DEFAULT_MAX_PAYLOAD_MB),
+                               max_image_pixels=args.max_image_pixels, progress=not args.quiet)
     report = transform(load(args.model, backend=args.backend), args.input, args.output, options)
     print(f"transform: {report.done} written, {report.skipped} already done, {len(report.failed)} failed "
           f"-> {args.output}")

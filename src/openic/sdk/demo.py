@@ -24,7 +24,7 @@ MAX_SHOWN = 1000
 
 
 def validation_samples(rec: Path, count: int) -> list[tuple[int, bytes]]:
-    """The first ``count`` (label, encoded image) pairs of a RecordIO file, spread over the file."""
+    """``count`` (label, encoded image) pairs of a RecordIO file, taken evenly over its records (all classes)."""
     with RecordReader(rec) as reader:
         keys = reader.keys()
         step = max(1, len(keys) // count)
@@ -44,7 +44,7 @@ def run_workshop(root: Path, *, epochs: int | str = DEMO_HYPERPARAMETERS["epochs
     if not 1 <= show <= MAX_SHOWN:
         raise ClientError(f"--show must be 1..{MAX_SHOWN}, got {show}")
     root = Path(root).resolve()
-    train_config({"output_dir": root / "output", "seed": seed})  # a bad seed or epochs fail before any work
+    train_config({"output_dir": root / "output", "seed": seed})  # a bad seed fails before any work
     est = Estimator(role="local", instance_count=1, instance_type="local", output_path=root / "output",
                     run_options={"seed": seed})
     est.set_hyperparameters(**(DEMO_HYPERPARAMETERS | {"epochs": str(epochs)}))
@@ -85,8 +85,10 @@ def _where(job: dict, model_data: str) -> None:
     if job.get("MlflowRunId"):
         print(f"MLflow run: {job['MlflowRunId']} in {job.get('MlflowTrackingUri', tracking_uri())} "
               f"(experiment {job.get('MlflowExperiment')})")
-        ui = "openic ui" if not os.environ.get("MLFLOW_TRACKING_URI") else "your MLflow server's UI"
-        print(f"open the MLflow UI with: {ui}  (then http://127.0.0.1:5000)")
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            print("open the run in your MLflow server's UI")
+        else:
+            print("open the MLflow UI with: openic ui  (then http://127.0.0.1:5000)")
     else:
         print("MLflow: this job was not tracked (pip install 'openic[mlflow]' to track jobs); charts above")
     print(f"job store: {jobs.jobs_dir()}")

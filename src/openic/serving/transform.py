@@ -17,6 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from openic.errors import ClientError, shown
 from openic.fileio import FileLock, atomic_path
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -141,14 +144,14 @@ def transform(predictor: Predictor, source: Path, output: Path, options: Transfo
                 report.skipped += 1
             else:
                 todo.append(obj)
-        bar = _progress(len(todo), options.progress)
+        bar = tqdm(total=len(todo), desc="transform", unit="obj", file=sys.stderr,
+                   disable=not options.progress or not sys.stderr.isatty())
         with ThreadPoolExecutor(options.workers) as pool:
             for start in range(0, len(todo), options.batch_size):
                 chunk = todo[start:start + options.batch_size]
-                for obj, result in zip(chunk, pool.map(lambda o: _prepare(predictor, o, options), chunk),
-                                       strict=True):
-                    _finish(predictor, obj, result, answer, options, report)
-                    bar.update(1)
+                prepared = list(pool.map(lambda o: _prepare(predictor, o, options), chunk))
+                _finish_chunk(predictor, chunk, prepared, answer, options, report)
+                bar.update(len(chunk))
         bar.close()
     return report
 
@@ -169,31 +172,31 @@ def _prepare(predictor: Predictor, obj: _Object, options: TransformOptions) -> o
         return e
 
 
-def _finish(predictor: Predictor, obj: _Object, batch: object, answer, options: TransformOptions,
-            report: Report) -> None:
-    if isinstance(batch, Exception):
-        report.failed.append((obj.name, str(batch)))
-        print(f"{obj.name}: failed: {batch}", file=sys.stderr)
+def _finish_chunk(predictor: Predictor, chunk: list[_Object], prepared: list[object], answer,
+                  options: TransformOptions, report: Report) -> None:
+    """One forward pass for the chunk's readable objects; each gets its own ``.out``, each failure its name."""
+    good = []
+    for obj, batch in zip(chunk, prepared, strict=True):
+        if isinstance(batch, Exception):
+            report.failed.append((obj.name, str(batch)))
+            print(f"{obj.name}: failed: {batch}", file=sys.stderr)
+        else:
+            good.append((obj, batch))
+    if not good:
         return
-    probs = predictor.predict(batch)  # type: ignore[arg-type]
+    probs = predictor.predict(torch.cat([batch for _, batch in good]))  # type: ignore[misc]
+    start = 0
+    for obj, batch in good:
+        n = int(batch.shape[0])  # type: ignore[attr-defined]
+        _write(obj, probs[start:start + n], predictor, answer, options)
+        start += n
+        report.done += 1
+
+
+def _write(obj: _Object, probs, predictor: Predictor, answer, options: TransformOptions) -> None:
     rows = [encode(probs[i:i + 1], answer, predictor.class_names, predictor.multi_label) for i in range(len(probs))]
     joiner = b"\n" if options.assemble_with == "Line" else b""
     body = joiner.join(r.rstrip(b"\n") for r in rows) + (b"\n" if options.assemble_with == "Line" else b"")
     obj.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(obj.out) as tmp:
         tmp.write_bytes(body)
-    report.done += 1
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a stand-in
-    if not enabled or not sys.stderr.isatty():
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="transform", unit="obj")
