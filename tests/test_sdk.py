@@ -101,7 +101,8 @@ def test_v1_names_warn_and_work(tmp_path):
 @pytest.mark.parametrize(("kwargs", "says"), [
     ({"instance_type": "ml.fake.huge"}, "ml.fake.huge"),
     ({"instance_type": "gpu"}, "'gpu'"),
-    ({"instance_count": 2}, "instance_count 2"),
+    ({"instance_count": 0}, "instance_count 0"),
+    ({"instance_count": 1000}, "instance_count 1000"),
     ({"image_uri": "xgboost:1"}, "image-classification"),
     ({"trian_instance_count": 1}, "trian_instance_count"),
     ({"output_path": "s3://bucket/out"}, "S3"),

@@ -1,12 +1,14 @@
 """SageMaker-style log lines: ``[MM/DD/YYYY HH:MM:SS INFO 140234] message``.
 
 The training container prefixes every line this way (spec §5); metric regexes written for SageMaker's
-CloudWatch logs therefore work on openic's output unchanged.
+CloudWatch logs therefore work on openic's output unchanged. In a distributed job (``WORLD_SIZE`` > 1) every line
+starts with ``[rankN]: `` as torchrun's own prefix does, because all ranks of a host share one console.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 _FORMAT = "[%(asctime)s %(levelname)s %(thread)d] %(message)s"
@@ -20,7 +22,8 @@ def setup_logging(level: int = logging.INFO, stream: object = None) -> None:
         if getattr(handler, "_openic", False):
             logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stdout)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
+    prefix = f"[rank{os.environ.get('RANK', '0')}]: " if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
+    handler.setFormatter(logging.Formatter(prefix + _FORMAT, _DATEFMT))
     handler._openic = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)

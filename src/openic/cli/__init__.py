@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "takes_extra_hyperparameters", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra  # `train` checks these as hyperparameter names, to suggest the closest valid one
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # `train` re-runs itself on every rank
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `openic rec inspect x.rec | head` is normal use

@@ -23,13 +23,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        allow_abbrev=False)  # `--mini_batch_siz` must be an error, not `--mini_batch_size`
     channels = p.add_argument_group("channels (SageMaker's train, validation, train_lst, validation_lst, model)")
-    channels.add_argument("--train", type=Path, required=True, help=".rec file, image folder, .lst or manifest")
-    channels.add_argument("--validation", type=Path, required=True, help="same kinds as --train")
+    channels.add_argument("--train", type=Path, help=".rec file, image folder, .lst or manifest (required unless "
+                          "--sagemaker)")
+    channels.add_argument("--validation", type=Path, help="same kinds as --train (required unless --sagemaker)")
     channels.add_argument("--train-lst", "--train_lst", dest="train_lst", type=Path, help=".lst file or folder")
     channels.add_argument("--validation-lst", "--validation_lst", dest="validation_lst", type=Path)
     channels.add_argument("--model", type=Path, help="earlier model.tar.gz (incremental training)")
     add_run_options(p)
+    add_launch_options(p)
     p.add_argument("--hyperparameters", type=Path, help="JSON object of hyperparameters (SageMaker's file)")
+    container = p.add_argument_group("SageMaker's training container (docs/container.md)")
+    container.add_argument("--sagemaker", action="store_true", help="read the job from ML_ROOT/input (config "
+                           "files, channels), write ML_ROOT/model, ML_ROOT/output/failure, ML_ROOT/checkpoints")
+    container.add_argument("--ml-root", "--ml_root", dest="ml_root", type=Path, default=Path("/opt/ml"),
+                           help="the container's root (default %(default)s)")
     add_cli_arguments(p)
     p.set_defaults(func=run_train, takes_extra_hyperparameters=True)
 
@@ -61,9 +68,49 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(*names, dest=f.name, default=default, help=help_text, required=f.name == "output_dir",
+            group.add_argument(*names, dest=f.name, default=default, help=help_text, 
                                type={"path": Path, "int": int}.get(kind, str), metavar=meta["metavar"],
                                choices=meta["choices"] or None)
+
+
+_LAUNCH_FLAGS = {"--nproc-per-node": "nproc_per_node", "--nnodes": "nnodes", "--node-rank": "node_rank",
+                 "--master-addr": "master_addr", "--master-port": "master_port", "--max-restarts": "max_restarts"}
+
+
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    """torchrun's options: given here, ``openic train`` starts itself once per rank through torchrun's launcher."""
+    group = p.add_argument_group("distributed training (torchrun's launcher; or run `torchrun -m openic train ...`)")
+    helps = {"nproc_per_node": "processes on this host (one per GPU; default 1)",
+             "nnodes": "hosts in the job (SageMaker's instance_count; default 1)",
+             "node_rank": "this host's index, 0..nnodes-1 (default 0)",
+             "master_addr": "address of the host with node rank 0 (default 127.0.0.1)",
+             "master_port": "free TCP port on the master (default: any free port on one host, 29500 on several)",
+             "max_restarts": "restart every rank this many times after a failure, resuming from the last "
+                             "checkpoint (default 0)"}
+    for flag, dest in _LAUNCH_FLAGS.items():
+        group.add_argument(flag, "--" + dest, dest=dest, type=str if dest == "master_addr" else int,
+                           default=None, help=helps[dest])
+
+
+def _launch_options(args: argparse.Namespace):  # -> LaunchOptions
+    from openic.train.launch import LaunchOptions
+
+    given = {dest: getattr(args, dest) for dest in _LAUNCH_FLAGS.values() if getattr(args, dest) is not None}
+    return LaunchOptions(**given)
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    """The command line each rank runs: this one without torchrun's options (``--flag v`` and ``--flag=v``)."""
+    names = set(_LAUNCH_FLAGS) | {"--" + d for d in _LAUNCH_FLAGS.values()}
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in names:
+            skip = True
+        elif token.split("=", 1)[0] not in names:
+            out.append(token)
+    return out
 
 
 def run_options(args: argparse.Namespace) -> dict[str, object]:
@@ -93,9 +140,23 @@ def _extra_pairs(tokens: list[str]) -> dict[str, str]:
 def run_train(args: argparse.Namespace) -> int:
     from openic.data.sources import Channel
     from openic.logs import setup_logging
+    from openic.train.launch import launch as run_launch
+    from openic.train.launch import under_launcher
 
     setup_logging()
     overrides = from_cli_namespace(args) | _extra_pairs(getattr(args, "extra", []))  # ClientError: a usage error
+    if args.sagemaker:
+        from openic.train.container_run import run_container
+
+        return run_container(args.ml_root, list(getattr(args, "argv", [])))
+    for flag, value in (("--train", args.train), ("--validation", args.validation),
+                        ("--output-dir", args.output_dir)):
+        if value is None:
+            raise ClientError(f"{flag} is required (or --sagemaker to read the job from --ml-root)")
+    launch = _launch_options(args)
+    if launch.distributed and not under_launcher():
+        argv = _without_launch_flags(list(getattr(args, "argv", [])))
+        return run_launch(launch, "openic", argv, output_dir=args.output_dir)
     channels = {"train": Channel("train", args.train, args.train_lst),
                 "validation": Channel("validation", args.validation, args.validation_lst)}
     if args.model is not None:

@@ -141,6 +141,8 @@ class BatchStream:
     workers: int = 0
     prefetch: bool = False  # build in-memory batches in a background thread (pays off when a GPU trains)
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # refuse images declaring more pixels, before decoding
+    rank: int = 0  # this process's shard of every epoch (distributed training) ...
+    world_size: int = 1  # ... out of this many
 
     def __post_init__(self) -> None:
         self.labels = torch.from_numpy(self.source.labels)
@@ -157,20 +159,31 @@ class BatchStream:
             self._stream.epoch = epoch
 
     def _order(self) -> torch.Tensor:
+        """This rank's images for the epoch, in order.
+
+        Training: one permutation drawn alike on every rank, padded by repeating its start to a multiple of the
+        world size (as ``DistributedSampler`` pads), then dealt round-robin, so every rank runs the same number
+        of batches (unequal counts would hang DDP). Validation: dealt without padding, each image counted once.
+        """
         n = len(self.source)
         if not self.train:
-            order = torch.arange(n)
-        else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
-        if self.train and len(order) % self.batch_size == 1:  # BatchNorm needs 2+ images in a training batch
+            return torch.arange(self.rank, n, self.world_size)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
+        if self.world_size > 1:
+            padded = -(-n // self.world_size) * self.world_size
+            order = torch.cat([order, order[: padded - n]])[self.rank :: self.world_size]
+        if len(order) % self.batch_size == 1:  # BatchNorm needs 2+ images in a training batch
             order = torch.cat([order, order[:1]])
         return order
 
     def __len__(self) -> int:
-        """Batches per epoch, from the counts alone (no permutation drawn)."""
+        """Batches per epoch on this rank, from the counts alone (no permutation drawn)."""
         n = len(self.source)
-        if self.train and n % self.batch_size == 1:
-            n += 1
+        if not self.train:
+            n = len(range(self.rank, n, self.world_size))
+        else:
+            n = -(-n // self.world_size)
+            n += 1 if n % self.batch_size == 1 else 0
         return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -180,8 +193,12 @@ class BatchStream:
             return _prefetch(batches) if self.prefetch else batches
         return self._streamed_batches(order)
 
+    def _augment_seed(self) -> int:
+        """Random crops and flips differ by epoch and by rank (rank 0's are those of a single process)."""
+        return self.seed * 7919 + self.epoch + self.rank * 104729
+
     def _cached_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        gen = torch.Generator().manual_seed(self._augment_seed())
         assert self.images is not None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
@@ -194,7 +211,7 @@ class BatchStream:
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         loader = DataLoader(self._stream, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
                             worker_init_fn=_one_thread, pin_memory=torch.cuda.is_available())
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        gen = torch.Generator().manual_seed(self._augment_seed())
         for batch in loader:
             if isinstance(batch, _Failure):
                 raise (FileNotFoundError if batch.not_found else DataError)(batch.message)

@@ -39,6 +39,9 @@ class UnexpectedStatusException(ClientError):
     """A job ended other than Completed (SageMaker's exception name); the message holds its FailureReason."""
 
 
+MAX_LOCAL_INSTANCES = 16  # instances are processes on this machine: more would only share the same cores
+
+
 class Estimator:
     """SageMaker's ``Estimator`` for the image-classification algorithm (v2 names; v1 names warn and work)."""
 
@@ -56,14 +59,17 @@ class Estimator:
         image_uri = kwargs.pop("image_uri", image_uri)
         instance_count = kwargs.pop("instance_count", instance_count)
         instance_type = kwargs.pop("instance_type", instance_type)
-        if instance_count != 1:
-            raise ClientError(f"instance_count {shown(instance_count)}: this version trains on one machine; "
-                              "multi-process and multi-host training (torchrun) is not available yet")
+        if isinstance(instance_count, bool) or not isinstance(instance_count, int) or \
+                not 1 <= instance_count <= MAX_LOCAL_INSTANCES:
+            raise ClientError(f"instance_count {shown(instance_count)} is not valid: expected an integer from 1 to "
+                              f"{MAX_LOCAL_INSTANCES} (each instance is a training process on this machine; for "
+                              "several machines use openic train --nnodes, docs/distributed.md)")
         if image_uri is not None and "image-classification" not in str(image_uri):
             raise ClientError(f"image_uri {shown(image_uri)} is not SageMaker's image-classification algorithm, the "
                               "only one openic runs (image_uris.retrieve('image-classification', region))")
         self.device = device_for(instance_type)  # refuses an unknown type before any work
-        self.image_uri, self.role, self.instance_type, self.instance_count = image_uri, role, instance_type, 1
+        self.image_uri, self.role, self.instance_type, self.instance_count = image_uri, role, instance_type, \
+            instance_count
         if output_path is not None and str(output_path).startswith("s3://"):
             raise ClientError(f"output_path {output_path} is on S3, which this version does not write yet; use a "
                               "local folder")
@@ -101,14 +107,16 @@ class Estimator:
             run_options["label_format"] = channels["train"].label_format
         train_config({"output_dir": out, **run_options})  # unknown or out-of-range options, before any work
         spec = {"job_name": name, "output_dir": str(out), "hyperparameters": self._hyperparameters,
-                "channels": {k: v.s3_data for k, v in channels.items()}, "run_options": run_options, "mlflow": True}
+                "channels": {k: v.s3_data for k, v in channels.items()}, "run_options": run_options, "mlflow": True,
+                "instance_count": self.instance_count}
         jobs.create_job({"TrainingJobName": name, "TrainingJobStatus": "InProgress", "CreationTime": jobs.now(),
                          "HyperParameters": self._hyperparameters, "AlgorithmSpecification": {
                              "TrainingImage": self.image_uri or "openic", "TrainingInputMode": "File"},
                          "InputDataConfig": [{"ChannelName": k, "DataSource": v.s3_data,
                                               "ContentType": v.content_type} for k, v in channels.items()],
                          "OutputDataConfig": {"S3OutputPath": str(self.output_path)},
-                         "ResourceConfig": {"InstanceType": self.instance_type, "InstanceCount": 1},
+                         "ResourceConfig": {"InstanceType": self.instance_type,
+                                            "InstanceCount": self.instance_count},
                          "StoppingCondition": {"MaxRuntimeInSeconds": self.max_run},
                          "OutputDir": str(out), "LogFile": str(jobs.job_dir(name) / "train.log")})
         self.latest_training_job = TrainingJob.start(name, spec)

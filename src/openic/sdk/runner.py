@@ -1,5 +1,8 @@
 """The training child of ``Estimator.fit``: ``python -m openic.sdk.runner SPEC.json``.
 
+With ``instance_count`` N > 1 it starts N host agents (``SPEC --host I PORT``), each running torchrun's launcher
+over a worker (``SPEC --worker``) that runs the job contract as one rank; metrics reach MLflow when they finish.
+
 It runs the same job contract as ``openic train`` (:func:`openic.train.job.run_job`), then records the outcome in
 the job store the way DescribeTrainingJob reports it, draws the charts into the job's output, and closes the
 MLflow run. A tracking failure is logged and never fails the job.
@@ -51,16 +54,23 @@ def final_metrics(output_dir: Path) -> list[dict[str, Any]]:
             if ":" in k and isinstance(v, int | float)]
 
 
-def run(spec: dict[str, Any]) -> int:
-    from openic.train.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, run_job
+def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
+    from openic.train.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobResult, run_job
 
     name, out = spec["job_name"], Path(spec["output_dir"])
     update_job(name, TrainingJobStatus="InProgress", TrainingStartTime=now(), Pid=os.getpid())
     tracker = job_tracker(name, spec)
     if tracker is not None:
         update_job(name, MlflowRunId=tracker.run_id, MlflowTrackingUri=tracking_uri(), MlflowExperiment=EXPERIMENT)
-    job = run_job(_channels(spec), {"output_dir": out, **spec.get("run_options", {})},
-                  overrides=spec["hyperparameters"], tracker=tracker)
+    hosts = int(spec.get("instance_count", 1))
+    if hosts > 1 and spec_path is not None:
+        code = run_hosts(spec_path, hosts, out)
+        job = JobResult(code, result=_HostsResult(out / "model.tar.gz") if code == EXIT_OK else None,
+                        failure=_failure_text(out) if code != EXIT_OK else None)
+        _replay_metrics(out, tracker)
+    else:
+        job = run_job(_channels(spec), {"output_dir": out, **spec.get("run_options", {})},
+                      overrides=spec["hyperparameters"], tracker=tracker)
     charts = _charts(out) if job.exit_code == EXIT_OK else []
     status = {EXIT_OK: "Completed", EXIT_TERMINATED: "Stopped", EXIT_INTERRUPTED: "Stopped"}.get(job.exit_code,
                                                                                                "Failed")
@@ -74,6 +84,78 @@ def run(spec: dict[str, Any]) -> int:
     if tracker is not None:
         tracker.finish(status, [*charts, *([job.result.model_path] if job.result is not None else [])])
     return job.exit_code
+
+
+class _HostsResult:
+    """What a multi-host job leaves for the job record: rank 0's artifact."""
+
+    def __init__(self, model_path: Path) -> None:
+        self.model_path = model_path
+
+
+def run_hosts(spec_path: Path, hosts: int, out: Path) -> int:
+    """``instance_count`` hosts on this machine: one torchrun agent per host (node ranks 0..N-1, one process each,
+    so ``mini_batch_size`` is per host as on SageMaker), all running this spec's job as workers."""
+    import signal
+    import subprocess
+
+    from openic.train.launch import free_port
+
+    port = str(free_port())
+    agents = [subprocess.Popen([sys.executable, "-m", "openic.sdk.runner", str(spec_path), "--host", str(i), port])
+              for i in range(hosts)]
+
+    def forward(signum: int, frame: object) -> None:  # a stopped job stops every host
+        for agent in agents:
+            if agent.poll() is None:
+                agent.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [agent.wait() for agent in agents]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return codes[0] or next((c for c in codes if c), 0)
+
+
+def _host(spec_path: Path, spec: dict[str, Any], index: int, port: int) -> int:
+    """One host's agent: torchrun's launcher starts this spec's worker as node ``index``."""
+    from openic.train.launch import LaunchOptions, launch
+
+    opts = LaunchOptions(nnodes=int(spec["instance_count"]), node_rank=index, master_port=port)
+    return launch(opts, "openic.sdk.runner", [str(spec_path), "--worker"], output_dir=Path(spec["output_dir"]))
+
+
+def _worker(spec: dict[str, Any]) -> int:
+    """One rank of a multi-host job: the job contract alone (the top runner keeps the job record and tracking)."""
+    from openic.train.job import run_job
+
+    out = Path(spec["output_dir"])
+    return run_job(_channels(spec), {"output_dir": out, **spec.get("run_options", {})},
+                   overrides=spec["hyperparameters"]).exit_code
+
+
+def _failure_text(out: Path) -> str | None:
+    try:
+        return (out / "failure").read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _replay_metrics(out: Path, tracker: Any) -> None:
+    """Rank 0's ``metrics.jsonl`` into the job's MLflow run once the hosts are done (they do not track live)."""
+    from openic.tracking import read_metrics
+
+    if tracker is None:
+        return
+    try:
+        records = read_metrics(out)
+    except (ClientError, OSError):
+        return
+    for record in records:
+        values = {k: v for k, v in record.items() if k not in ("epoch", "step", "time") and isinstance(v, int | float)}
+        tracker.log_metrics(values, step=int(record.get("step") or 0), epoch=record["epoch"])
+    tracker.close()
 
 
 def _charts(out: Path) -> list[Path]:
@@ -90,8 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     from openic.logs import setup_logging
 
     setup_logging()
-    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text(encoding="utf-8"))
-    return run(spec)
+    args = list(argv if argv is not None else sys.argv[1:])
+    spec_path = Path(args[0])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    if args[1:2] == ["--worker"]:
+        return _worker(spec)
+    if args[1:2] == ["--host"]:
+        return _host(spec_path, spec, int(args[2]), int(args[3]))
+    return run(spec, spec_path)
 
 
 if __name__ == "__main__":

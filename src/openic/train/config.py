@@ -32,6 +32,8 @@ class TrainConfig:
 
     output_dir: Path = _option(None, "where model.tar.gz, metrics.jsonl, checkpoints and failure go (required)",
                                "path")
+    checkpoint_dir: Path | None = _option(None, "where checkpoints go and a rerun resumes from (default: "
+                                          "OUTPUT_DIR/checkpoints; SageMaker's /opt/ml/checkpoints)", "path")
     seed: int = _option(0, "random seed", "int", low=0, high=_MAX_SEED)
     device: str = _option("auto", "auto | cpu | cuda | cuda:N", "str")
     workers: int | None = _option(None, "decoding processes for streamed data (default: min(4, CPU count))", "int",
@@ -60,7 +62,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.output_dir is None:
             raise ClientError("an output directory is required (--output-dir)")
-        for name in ("output_dir", "pretrained"):
+        for name in ("output_dir", "checkpoint_dir", "pretrained"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))

@@ -111,21 +111,31 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
     if out is None:
         return JobResult(EXIT_CLIENT, failure="ClientError: an output directory is required (--output-dir)")
     out = Path(out)  # type: ignore[arg-type]
+    main = is_main_process()
     with ExitStack() as held:
         try:
             check_output_dir(out)
-            held.enter_context(FileLock(out / LOCK, f"the output folder {out}"))
+            if main:  # the ranks of one job share the folder: rank 0 holds the lock for all of them
+                held.enter_context(FileLock(out / LOCK, f"the output folder {out}"))
         except ClientError as e:  # another job owns the folder, or it cannot be one: write nothing into it
             print(f"ClientError: {e}", file=sys.stderr)
             return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
         held.enter_context(_sigterm_raises())
-        return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker)
+        return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker, main)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the job's files: rank 0 of a distributed job, or a lone process."""
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    return rank.strip() in ("0", "")
 
 
 def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str, object], out: Path,
-             file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None) -> JobResult:
+             file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None,
+             main: bool = True) -> JobResult:
     try:  # a stale failure file from an earlier run must go; if it cannot (a folder, no permission), say so
-        (out / FAILURE).unlink(missing_ok=True)
+        if main:
+            (out / FAILURE).unlink(missing_ok=True)
     except OSError as e:
         text = f"ClientError: cannot remove the old {out / FAILURE}: {os_reason(e)}"
         print(text, file=sys.stderr)
@@ -138,7 +148,7 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
 
         result = fit(hp, dict(channels), config, tracker)  # type: ignore[arg-type]
     except (ClientError, FileNotFoundError) as e:
-        return _failed(out, EXIT_CLIENT, f"ClientError: {e}")
+        return _failed(out, EXIT_CLIENT, f"ClientError: {e}", write=main)
     except KeyboardInterrupt:
         print(f"interrupted; {_resume_hint(config, out)}", file=sys.stderr)
         return JobResult(EXIT_INTERRUPTED)
@@ -150,8 +160,9 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
         traceback.print_exc()
         text = f"AlgorithmError: {type(e).__name__}: {e}"
         return _failed(out, EXIT_ALGORITHM, f"{text}\n\n{traceback.format_exc()}", shown=f"{text} (details in "
-                       f"{out / FAILURE})")
-    print(f"model: {result.model_path}")
+                       f"{out / FAILURE})" if main else text, write=main)
+    if main:
+        print(f"model: {result.model_path}")
     return JobResult(EXIT_OK, result=result)
 
 
@@ -166,7 +177,7 @@ def train_config(options: Mapping[str, object]) -> TrainConfig:
 
 def _resume_hint(config: TrainConfig | None, out: Path) -> str:
     """Promise a resume only when one will happen: resuming is on and a completed epoch was saved."""
-    last = out / "checkpoints" / "last"
+    last = (config.checkpoint_dir if config is not None and config.checkpoint_dir else out / "checkpoints") / "last"
     if config is not None and config.resume and last.exists():
         return f"{last} holds the last completed epoch: run the same command again to resume"
     if config is not None and not config.resume:
@@ -174,10 +185,12 @@ def _resume_hint(config: TrainConfig | None, out: Path) -> str:
     return "no epoch had completed, so the same command starts over"
 
 
-def _failed(out: Path, code: int, text: str, shown: str | None = None) -> JobResult:
-    """Write ``OUTPUT_DIR/failure``; if even that fails (read-only folder), say so beside the original reason."""
+def _failed(out: Path, code: int, text: str, shown: str | None = None, write: bool = True) -> JobResult:
+    """Write ``OUTPUT_DIR/failure`` (rank 0 only: one job, one reason); if even that fails (read-only folder),
+    say so beside the original reason."""
     try:
-        atomic_write_text(out / FAILURE, text + "\n")
+        if write:
+            atomic_write_text(out / FAILURE, text + "\n")
     except ClientError as e:
         print(f"(could not write the failure file: {e})", file=sys.stderr)
     print(shown or text, file=sys.stderr)

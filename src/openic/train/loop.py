@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +23,8 @@ from torch import nn
 from openic.data.sources import Channel, find_class_names
 from openic.data.transforms import to_float_input
 from openic.hyperparams import HyperParameters
-from openic.tracking import FileTracker, MultiTracker, Tracker
-from openic.train import optim
+from openic.tracking import FileTracker, MultiTracker, NullTracker, Tracker
+from openic.train import distributed, optim
 from openic.train.config import TrainConfig
 from openic.train.metrics import Accuracy, LossFn, make_loss, prefixed
 from openic.train.run_state import Checkpointer, RunState, improved, should_stop_early
@@ -30,6 +32,8 @@ from openic.train.sagemaker_log import log_configuration, log_epoch_train
 from openic.train.setup import DataBundle, build_data, build_model, pick_device, progress_enabled
 
 log = logging.getLogger(__name__)
+
+ASYNC_AVERAGING_PERIOD = 4  # dist_async: steps between weight averages across ranks
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Step:
     device: torch.device
     autocast: contextlib.AbstractContextManager
     scaler: torch.amp.GradScaler | None
+    after_step: Callable[[], None] | None = None  # dist_async: periodic model averaging
 
 
 def _autocast(hp: HyperParameters, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
@@ -90,6 +95,8 @@ def train_one_epoch(step: Step, batches, hp: HyperParameters, run: RunState, epo
         else:
             loss.backward()
             step.optimizer.step()
+        if step.after_step is not None:
+            step.after_step()
         run.num_update += 1
         if keep is not None:
             keep.append(x)
@@ -105,7 +112,7 @@ def train_one_epoch(step: Step, batches, hp: HyperParameters, run: RunState, epo
                 "learning_rate": lr, "samples_per_sec": speed}, step=run.num_update, epoch=epoch)
             window.reset()
             window_samples, tic = 0, time.perf_counter()
-    return epoch_acc.result()
+    return epoch_acc.merge(distributed.all_reduce_sum).result()
 
 
 @torch.no_grad()
@@ -145,7 +152,7 @@ def evaluate(model: nn.Module, batches, hp: HyperParameters, device: torch.devic
         with autocast:
             logits = model(x)
         acc.update(logits, y, loss_fn(logits, y))
-    return acc.result()
+    return acc.merge(distributed.all_reduce_sum).result()
 
 
 @dataclass
@@ -163,44 +170,106 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     """Train as SageMaker's image-classification algorithm would, writing everything under ``config.output_dir``.
 
     Order: everything that can fail cheaply (device, model channel, pretrained weights, checkpoint of another run)
-    is checked before the data sets are decoded.
+    is checked before the data sets are decoded. Under a distributed launcher every rank runs this; rank 0 alone
+    writes (checkpoints, metrics, the artifact) and the others follow its resume point.
     """
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    world = distributed.world_from_env()
+    world.per_process_batch(hp.mini_batch_size)  # a batch that does not split over the host fails here, cheaply
+    _set_threads(config, world)
+    device = distributed.device_for(world, pick_device(config.device))
+    with distributed.process_group(world, device):
+        return _fit(hp, channels, config, tracker, world, device)
+
+
+def _set_threads(config: TrainConfig, world: distributed.World) -> None:
+    """As asked, else share the cores among a host's processes (oversubscribed torch threads run many times
+    slower; torchrun's own default is one thread each)."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    elif world.local_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+
+
+def _fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig, tracker: Tracker | None,
+         world: distributed.World, device: torch.device) -> TrainResult:
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    log_configuration(hp)
+    if world.is_main:
+        log_configuration(hp)
     model = build_model(hp, channels, config).to(device).to(memory_format=torch.channels_last)
     optimizer = optim.build_optimizer(hp, model)
     autocast, use_scaler = _autocast(hp, device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    ckpt = Checkpointer(out, hp)
-    run = ckpt.resume(model, optimizer, scaler) if config.resume else RunState()
+    ckpt = Checkpointer(out, hp, writer=world.is_main, checkpoint_dir=config.checkpoint_dir)
+    run = ckpt.resume(model, optimizer, scaler) if config.resume and world.is_main else RunState()
+    if world.distributed:
+        run = _follow_rank0(model, optimizer, run)
     class_names = find_class_names(channels["train"], hp.num_classes)
     if run.stopped_early or run.epochs_done >= hp.epochs:
         log.info("Nothing left to train: the checkpoint in %s is of a finished run", out)
-        return _finish(ckpt, run, model, class_names, tracker)
+        return _finish(ckpt, run, model, class_names, tracker, world)
     # on a CPU the model and the batch builder share the same cores: a background thread would only contend
-    data = build_data(hp, channels, config, prefetch=device.type == "cuda")
+    data = build_data(hp, channels, config, prefetch=device.type == "cuda", world=world)
     loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
-    optim.warn_if_epoch_length_differs(hp, len(data.train))
-    files = FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
-    tracker = files if tracker is None else MultiTracker(files, tracker)  # metrics.jsonl is always written
+    optim.warn_if_epoch_length_differs(hp, len(data.train), world.hosts)
+    if world.distributed:
+        log.info("Rank %d of %d: %d training batches of %d images per epoch (global batch %d = mini_batch_size %d x "
+                 "%d hosts)", world.rank, world.size, len(data.train), data.train.batch_size,
+                 data.train.batch_size * world.size, hp.mini_batch_size, world.hosts)
+    if world.is_main:
+        files = FileTracker(out, resume_from_epoch=run.epochs_done - 1 if run.epochs_done else None)
+        tracker = files if tracker is None else MultiTracker(files, tracker)  # metrics.jsonl is always written
+    else:
+        tracker = NullTracker()
+    step = _step(hp, model, optimizer, loss_fn, device, autocast, scaler, world)
     try:
         tracker.log_params(hp.to_dict())
-        _train_epochs(hp, config, Step(model, optimizer, loss_fn, device, autocast, scaler), data, run, ckpt, tracker)
+        _train_epochs(hp, config, step, model, data, run, ckpt, tracker, world)
     except BaseException:
         tracker.close()  # what was logged stays on disk; the run resumes from the last checkpoint
         raise
-    return _finish(ckpt, run, model, class_names, tracker)
+    return _finish(ckpt, run, model, class_names, tracker, world)
 
 
-def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, data: DataBundle, run: RunState,
-                  ckpt: Checkpointer, tracker: Tracker) -> None:
-    """Per epoch: train, re-estimate BatchNorm statistics, validate, log, keep weights, checkpoint, maybe stop."""
-    epoch_steps, progress = optim.steps_per_epoch(hp), progress_enabled(config)
+def _follow_rank0(model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState) -> RunState:
+    """Every rank starts where rank 0 does: its weights (fresh, incremental or resumed), optimizer state, counters."""
+    distributed.broadcast_module(model)
+    state = distributed.broadcast_object({"run": run, "optimizer": optimizer.state_dict() if run.epochs_done else
+                                          None})
+    if state["optimizer"] is not None:  # type: ignore[index]
+        optimizer.load_state_dict(state["optimizer"])  # type: ignore[index]
+    return state["run"]  # type: ignore[index]
+
+
+def _step(hp: HyperParameters, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+          device: torch.device, autocast: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler | None,
+          world: distributed.World) -> Step:
+    """``dist_sync`` (or no kv_store): DDP all-reduces gradients every step. ``dist_async``: each rank steps on its
+    own gradients and torch's ``PeriodicModelAverager`` averages the weights every few steps (post-local SGD), the
+    nearest existing PyTorch mechanism to MXNet's asynchronous parameter server."""
+    if not world.distributed:
+        return Step(model, optimizer, loss_fn, device, autocast, scaler)
+    if hp.kv_store == "dist_async":
+        from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+
+        averager = PeriodicModelAverager(period=ASYNC_AVERAGING_PERIOD, warmup_steps=0)
+        return Step(model, optimizer, loss_fn, device, autocast, scaler,
+                    after_step=lambda: averager.average_parameters(model.parameters()))
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    wrapped = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)  # buffers: average_buffers
+    return Step(wrapped, optimizer, loss_fn, device, autocast, scaler)
+
+
+def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, model: nn.Module, data: DataBundle,
+                  run: RunState, ckpt: Checkpointer, tracker: Tracker, world: distributed.World) -> None:
+    """Per epoch: train, re-estimate BatchNorm statistics, validate, log, keep weights, checkpoint, maybe stop.
+
+    ``model`` is the bare network (``step.model`` may be its DDP wrapper); every figure logged is over all ranks.
+    """
+    epoch_steps, progress = optim.steps_per_epoch(hp, world.hosts), progress_enabled(config) and world.is_main
     for epoch in range(run.epochs_done, hp.epochs):
         data.train.set_epoch(epoch)
         recent: deque = deque(maxlen=config.precise_bn_batches)
@@ -208,10 +277,13 @@ def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, data: Da
         train = train_one_epoch(step, data.train, hp, run, epoch, log_every=config.log_every,
                                 epoch_steps=epoch_steps, tracker=tracker, progress=progress,
                                 keep=recent if recent.maxlen else None)
-        recalibrate_batchnorm(step.model, list(recent), step.autocast)
+        if hp.kv_store == "dist_async":
+            distributed.average_parameters(model)  # validation and checkpoints see one model
+        recalibrate_batchnorm(model, list(recent), step.autocast)
+        distributed.average_buffers(model)
         elapsed = time.perf_counter() - tic
         log_epoch_train(epoch, train, elapsed)
-        val = evaluate(step.model, data.validation, hp, step.device, step.autocast, step.loss_fn)
+        val = evaluate(model, data.validation, hp, step.device, step.autocast, step.loss_fn)
         accuracy = val["accuracy"]
         log.info("Epoch[%d] Validation-accuracy=%f", epoch, accuracy)
         record = prefixed("train", train) | prefixed("validation", val) | {
@@ -225,10 +297,10 @@ def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, data: Da
             run.epochs_without_improvement = 0 if gained else run.epochs_without_improvement + 1
         if run.best_accuracy is None or accuracy > run.best_accuracy:  # strictly better, as SageMaker keeps it
             run.best_accuracy, run.best_epoch = accuracy, epoch
-            ckpt.save_best(step.model, accuracy)
-        ckpt.save_periodic(run, epoch, step.model)
+            ckpt.save_best(model, accuracy)
+        ckpt.save_periodic(run, epoch, model)
         run.stopped_early = should_stop_early(hp, run, epoch)
-        ckpt.save(run, step.model, step.optimizer, step.scaler)
+        ckpt.save(run, model, step.optimizer, step.scaler)
         if run.stopped_early:
             log.info("Early stopping: validation accuracy did not improve for %d epochs (best %f at epoch %d)",
                      hp.early_stopping_patience, run.best_accuracy, run.best_epoch)
@@ -236,9 +308,12 @@ def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, data: Da
 
 
 def _finish(ckpt: Checkpointer, run: RunState, model: nn.Module, class_names: list[str] | None,
-            tracker: Tracker | None) -> TrainResult:
+            tracker: Tracker | None, world: distributed.World) -> TrainResult:
+    """Rank 0 writes ``model.tar.gz`` once every rank has confirmed it holds the same weights."""
+    distributed.check_replicas_agree(model, world)
     model_path = ckpt.write_model(run, model, class_names=class_names)
     if tracker is not None:
         tracker.close()
-    log.info("Model written to %s", model_path)
+    if world.is_main:
+        log.info("Model written to %s", model_path)
     return TrainResult(ckpt.out, model_path, run.epochs_done, run.best_epoch, run.best_accuracy, run.history)

@@ -52,6 +52,17 @@ class Accuracy:
             self.loss_sum += loss.detach().double() * n
         self.samples += n
 
+    def merge(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> Accuracy:
+        """Replace the counts by their sum over ranks (``reduce_sum`` all-reduces in place), so every rank reports
+        the accuracy of the whole data set, not of its shard."""
+        totals = torch.stack([self.hits, self.topk_hits, self.loss_sum,
+                              torch.tensor(float(self.count), dtype=torch.float64, device=self.device),
+                              torch.tensor(float(self.samples), dtype=torch.float64, device=self.device)])
+        totals = reduce_sum(totals)
+        self.hits, self.topk_hits, self.loss_sum = totals[0], totals[1], totals[2]
+        self.count, self.samples = int(totals[3].item()), int(totals[4].item())
+        return self
+
     def result(self, prefix: str = "") -> dict[str, float]:
         """``{prefix + "accuracy": ..., prefix + "loss": ..., prefix + "top_k_accuracy_K": ...}`` (one sync)."""
         if self.samples == 0:

@@ -48,14 +48,15 @@ def build_optimizer(hp: HyperParameters, model: nn.Module) -> torch.optim.Optimi
     raise AssertionError(f"optimizer {hp.optimizer!r} passed validation but has no implementation")
 
 
-def steps_per_epoch(hp: HyperParameters) -> int:
-    """Updates per epoch for the schedule, from ``num_training_samples`` as MXNet's fit.py computes it."""
-    return max(1, math.ceil(hp.num_training_samples / hp.mini_batch_size))
+def steps_per_epoch(hp: HyperParameters, hosts: int = 1) -> int:
+    """Updates per epoch for the schedule, from ``num_training_samples`` as MXNet's fit.py computes it: with
+    several hosts each update consumes ``mini_batch_size`` images per host, so the epoch has fewer of them."""
+    return max(1, math.ceil(hp.num_training_samples / (hp.mini_batch_size * hosts)))
 
 
-def warn_if_epoch_length_differs(hp: HyperParameters, batches: int) -> None:
+def warn_if_epoch_length_differs(hp: HyperParameters, batches: int, hosts: int = 1) -> None:
     """The schedule's epoch comes from ``num_training_samples``; say so when the data gives another length."""
-    expected = steps_per_epoch(hp)
+    expected = steps_per_epoch(hp, hosts)
     if expected != batches:
         log.warning("num_training_samples=%d gives %d steps per epoch for the learning-rate schedule, but the train "
                     "channel gives %d batches per epoch", hp.num_training_samples, expected, batches)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from openic.artifacts import checkpoint_name, save_model
+from openic.artifacts import MODEL_ARCHIVE, checkpoint_name, save_model
 from openic.artifacts.resume import load_checkpoint, save_checkpoint
 from openic.artifacts.state_dict import clean_state_dict, load_state_strict, load_weights_file, unwrap_model
 from openic.errors import ClientError
@@ -30,6 +30,8 @@ from openic.fileio import atomic_path
 from openic.hyperparams import HyperParameters
 
 log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -62,9 +64,13 @@ def should_stop_early(hp: HyperParameters, run: RunState, epoch: int) -> bool:
 
 
 class Checkpointer:
-    def __init__(self, out_dir: Path, hp: HyperParameters) -> None:
-        self.out, self.hp = out_dir, hp
-        self.dir = out_dir / "checkpoints"
+    """Where a run's weights go. ``writer=False`` (every rank but 0 of a distributed job) keeps the bookkeeping
+    and writes nothing; ``checkpoint_dir`` moves ``checkpoints/`` elsewhere (SageMaker's ``/opt/ml/checkpoints``)."""
+
+    def __init__(self, out_dir: Path, hp: HyperParameters, *, writer: bool = True,
+                 checkpoint_dir: Path | None = None) -> None:
+        self.out, self.hp, self.writer = out_dir, hp, writer
+        self.dir = checkpoint_dir if checkpoint_dir is not None else out_dir / CHECKPOINTS
         self.last = self.dir / "last"
         self.best = self.dir / "best.safetensors"
 
@@ -92,7 +98,7 @@ class Checkpointer:
 
     def save_best(self, model: nn.Module, accuracy: float) -> None:
         """Keep the weights of a new best epoch (only when ``checkpoint_frequency`` is unset, as SageMaker)."""
-        if self.hp.checkpoint_frequency is None:
+        if self.hp.checkpoint_frequency is None and self.writer:
             log.info("Storing the best model with validation accuracy: %f", accuracy)
             _save_weights(model, self.best)
             log.info('Saved checkpoint to "%s"', self.best)
@@ -101,17 +107,23 @@ class Checkpointer:
         """Every ``checkpoint_frequency``-th epoch's weights, all kept for ``model.tar.gz``."""
         freq = self.hp.checkpoint_frequency
         if freq is not None and (epoch + 1) % freq == 0:
-            _save_weights(model, self.periodic(epoch))
             run.saved_epochs.append(epoch)
+            if not self.writer:
+                return
+            _save_weights(model, self.periodic(epoch))
             log.info('Saved checkpoint to "%s"', self.periodic(epoch))
 
     def save(self, run: RunState, model: nn.Module, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler | None) -> None:
+        if not self.writer:
+            return
         state = {"hyperparameters": self.hp.to_dict(), "run": json.loads(json.dumps(asdict(run)))}
         save_checkpoint(self.last, model=unwrap_model(model), optimizer=optimizer, scaler=scaler, state=state)
 
     def write_model(self, run: RunState, model: nn.Module, class_names: list[str] | None) -> Path:
         """``model.tar.gz``: the best epoch's weights, or the last ones plus every periodic checkpoint."""
+        if not self.writer:
+            return self.out / MODEL_ARCHIVE
         model = unwrap_model(model)
         checkpoints = None
         epoch = run.epochs_done - 1

@@ -24,6 +24,7 @@ from openic.hyperparams import HyperParameters
 from openic.models import create_model
 from openic.train.config import TrainConfig
 from openic.train.data_checks import cross_check
+from openic.train.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,13 @@ class DataBundle:
 
 
 def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
-               prefetch: bool = False) -> DataBundle:
-    """Open both channels, run the data cross-checks, and decide in-memory vs streaming per channel."""
+               prefetch: bool = False, world: World | None = None) -> DataBundle:
+    """Open both channels, run the data cross-checks, and decide in-memory vs streaming per channel.
+
+    In a distributed job each rank takes its shard of every epoch, in batches of its part of the host's
+    ``mini_batch_size``.
+    """
+    world = world or World()
     for required in ("train", "validation"):
         if required not in channels:
             raise ClientError(f"the {required!r} channel is required (got: {', '.join(sorted(channels)) or 'none'})")
@@ -80,9 +86,11 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
                               None if images is not None else hp.resize)
         log.info("%s data: %d images, %s", name, len(source),
                  "decoded once into memory" if images is not None else "streamed from disk")
-        streams[name] = BatchStream(source, augmenter, hp.mini_batch_size, train, config.seed, images=images,
+        streams[name] = BatchStream(source, augmenter, world.per_process_batch(hp.mini_batch_size), train,
+                                    config.seed, images=images,
                                     workers=0 if images is not None else config.decode_workers,
-                                    prefetch=prefetch, max_pixels=config.max_image_pixels)
+                                    prefetch=prefetch, max_pixels=config.max_image_pixels,
+                                    rank=world.rank, world_size=world.size)
     return DataBundle(streams["train"], streams["validation"], sources["train"])
 
 

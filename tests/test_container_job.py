@@ -1,0 +1,105 @@
+"""``openic train --sagemaker`` against temporary ml-roots: SageMaker's layout in, model/failure/checkpoints out,
+a spot restart resumes, Pipe FIFOs are read, and two hosts from resourceconfig.json train as one job."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import cut_rec
+
+from openic.train.launch import free_port
+
+HP = {"num_layers": "20", "image_shape": "1,28,28", "num_classes": "10", "num_training_samples": "64",
+      "mini_batch_size": "16", "epochs": "2"}
+
+
+@pytest.fixture(scope="module")
+def recs(tmp_path_factory, digits_set) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("container_recs")
+    return {"train": cut_rec(digits_set.train_rec, d / "train.rec", 0, 64),
+            "validation": cut_rec(digits_set.val_rec, d / "val.rec", 0, 32)}
+
+
+def _ml_root(root: Path, recs: dict[str, Path], hp: dict[str, str] = HP, pipe: bool = False,
+             hosts: tuple[str, ...] = ("algo-1",), current: str = "algo-1") -> Path:
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hp))
+    mode = "Pipe" if pipe else "File"
+    (config / "inputdataconfig.json").write_text(json.dumps({
+        ch: {"ContentType": "application/x-recordio", "TrainingInputMode": mode,
+             "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"} for ch in recs}))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": current, "hosts": list(hosts)}))
+    for ch, rec in recs.items():
+        if not pipe:
+            (root / "input" / "data" / ch).mkdir(parents=True)
+            shutil.copy(rec, root / "input" / "data" / ch / rec.name)
+    return root
+
+
+def _train(root: Path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    return subprocess.run([sys.executable, "-m", "openic", "train", "--sagemaker", "--ml-root", str(root)],
+                          capture_output=True, text=True, timeout=300, env=clean | env)
+
+
+def test_file_mode_writes_model_and_checkpoints_and_a_spot_restart_resumes(recs, tmp_path):
+    root = _ml_root(tmp_path / "ml", recs)
+    proc = _train(root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    model = root / "model"
+    assert (model / "model-shapes.json").is_file() and (model / "hyperparameters.json").is_file()
+    assert not (model / "model.tar.gz").exists()  # SageMaker tars the folder itself
+    assert (root / "checkpoints" / "last").exists()
+    assert not (root / "output" / "failure").exists()
+    again = _train(root)  # a spot restart: the checkpoints are there, nothing is left to train
+    assert again.returncode == 0 and "Nothing left to train" in again.stdout
+
+
+def test_bad_hyperparameter_is_a_client_error_in_output_failure(recs, tmp_path):
+    root = _ml_root(tmp_path / "ml", recs, hp=HP | {"mini_batch_siz": "16"})
+    proc = _train(root)
+    assert proc.returncode == 2
+    failure = (root / "output" / "failure").read_text()
+    assert failure.startswith("ClientError:") and "mini_batch_siz" in failure
+
+
+def test_pipe_mode_reads_the_fifos(recs, tmp_path):
+    root = _ml_root(tmp_path / "ml", recs, pipe=True)
+    data = root / "input" / "data"
+    data.mkdir(parents=True)
+    writers = []
+    for ch, rec in recs.items():
+        os.mkfifo(data / f"{ch}_0")
+
+        def feed(fifo: Path = data / f"{ch}_0", src: Path = rec) -> None:
+            with open(fifo, "wb") as w:
+                w.write(src.read_bytes())
+
+        writers.append(threading.Thread(target=feed, daemon=True))
+        writers[-1].start()
+    proc = _train(root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "pipe input mode" in proc.stdout and (root / "model" / "model-shapes.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_hosts_from_resourceconfig(recs, tmp_path):
+    """Each "host" has its own ml-root; hosts resolve on this machine (127.0.0.1 is the master)."""
+    hosts = ("127.0.0.1", "localhost")
+    roots = [_ml_root(tmp_path / f"host{i}", recs, hosts=hosts, current=h) for i, h in enumerate(hosts)]
+    port = str(free_port())
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    procs = [subprocess.Popen([sys.executable, "-m", "openic", "train", "--sagemaker", "--ml-root", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=clean | {"OPENIC_MASTER_PORT": port}) for r in roots]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "global batch 32 = mini_batch_size 16 x 2 hosts" in logs[0]
+    assert (roots[0] / "model" / "model-shapes.json").is_file()
+    assert not (roots[1] / "model").exists() or not any((roots[1] / "model").iterdir())  # one copy of the model
