@@ -42,6 +42,17 @@ def _local_processes() -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
+def _sharded_channels(job: ContainerJob) -> list[str]:
+    import json
+
+    try:
+        config = json.loads((job.ml_root / "input" / "config" / "inputdataconfig.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing: all FullyReplicated; malformed was refused by load_container_job
+        return []
+    return sorted(name for name, c in config.items()
+                  if isinstance(c, dict) and c.get("S3DistributionType") == "ShardedByS3Key")
+
+
 def _master_port() -> int:
     """torchrun's port on the first host; ``OPENIC_MASTER_PORT`` moves it (SageMaker leaves every port free)."""
     raw = os.environ.get("OPENIC_MASTER_PORT", str(DEFAULT_PORT))
@@ -58,6 +69,12 @@ def run_container(ml_root: Path, argv: list[str]) -> int:
     except ClientError as e:
         return _client_error(ml_root / "output", e)
     nproc = _local_processes()
+    sharded = _sharded_channels(job)
+    if sharded and job.nnodes > 1:
+        return _client_error(job.output_dir, ClientError(
+            f"S3DistributionType ShardedByS3Key on channel(s) {', '.join(sharded)} with {job.nnodes} hosts is not "
+            "supported: openic deals every epoch over all ranks and needs each host to hold the whole channel; "
+            "use FullyReplicated"))
     if (job.nnodes > 1 or nproc > 1) and not under_launcher():
         try:
             master = resolve_master(job.master_addr) if job.nnodes > 1 else "127.0.0.1"
