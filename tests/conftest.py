@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _shared import FIXTURES, digits_sources
+from s3_helpers import s3_env, s3_server  # noqa: F401  (fixtures: a moto S3 server and an environment for it)
 
 from openic.formats.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack
 from openic.prep.samples import DatasetInfo, make_digits, write_digits_images

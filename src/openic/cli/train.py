@@ -23,12 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        allow_abbrev=False)  # `--mini_batch_siz` must be an error, not `--mini_batch_size`
     channels = p.add_argument_group("channels (SageMaker's train, validation, train_lst, validation_lst, model)")
-    channels.add_argument("--train", type=Path, help=".rec file, image folder, .lst or manifest (required unless "
-                          "--sagemaker)")
-    channels.add_argument("--validation", type=Path, help="same kinds as --train (required unless --sagemaker)")
-    channels.add_argument("--train-lst", "--train_lst", dest="train_lst", type=Path, help=".lst file or folder")
-    channels.add_argument("--validation-lst", "--validation_lst", dest="validation_lst", type=Path)
-    channels.add_argument("--model", type=Path, help="earlier model.tar.gz (incremental training)")
+    channels.add_argument("--train", help=".rec file, image folder, .lst or manifest, or an s3:// object or prefix "
+                          "(required unless --sagemaker)")
+    channels.add_argument("--validation", help="same kinds as --train (required unless --sagemaker)")
+    channels.add_argument("--train-lst", "--train_lst", dest="train_lst", help=".lst file or folder (or s3://)")
+    channels.add_argument("--validation-lst", "--validation_lst", dest="validation_lst")
+    channels.add_argument("--model", help="earlier model.tar.gz (incremental training; or s3://)")
     add_run_options(p)
     add_launch_options(p)
     p.add_argument("--hyperparameters", type=Path, help="JSON object of hyperparameters (SageMaker's file)")
@@ -50,6 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_demo)
 
 
+def _local(value: str) -> Path:
+    """Run-option paths are local: outputs and checkpoints on S3 are not written by this version."""
+    if value.startswith("s3://"):
+        raise argparse.ArgumentTypeError(f"{value}: s3:// outputs, checkpoints and weights are not supported yet; "
+                                         "give a local path")
+    return Path(value)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field (``--output-dir`` and ``--output_dir``), help and defaults from it."""
     group = p.add_argument_group("run options (not hyperparameters)")
@@ -69,7 +77,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                                help=help_text)
         else:
             group.add_argument(*names, dest=f.name, default=default, help=help_text, 
-                               type={"path": Path, "int": int}.get(kind, str), metavar=meta["metavar"],
+                               type={"path": _local, "int": int}.get(kind, str), metavar=meta["metavar"],
                                choices=meta["choices"] or None)
 
 
@@ -137,9 +145,16 @@ def _extra_pairs(tokens: list[str]) -> dict[str, str]:
     return pairs
 
 
+def _optional(value: str | None) -> Path | None:
+    from openic.train.inputs import local_path
+
+    return None if value is None else local_path(value)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from openic.data.sources import Channel
     from openic.logs import setup_logging
+    from openic.train.inputs import local_path
     from openic.train.launch import launch as run_launch
     from openic.train.launch import under_launcher
 
@@ -157,10 +172,10 @@ def run_train(args: argparse.Namespace) -> int:
     if launch.distributed and not under_launcher():
         argv = _without_launch_flags(list(getattr(args, "argv", [])))
         return run_launch(launch, "openic", argv, output_dir=args.output_dir)
-    channels = {"train": Channel("train", args.train, args.train_lst),
-                "validation": Channel("validation", args.validation, args.validation_lst)}
+    channels = {"train": Channel("train", local_path(args.train), _optional(args.train_lst)),
+                "validation": Channel("validation", local_path(args.validation), _optional(args.validation_lst))}
     if args.model is not None:
-        channels["model"] = Channel("model", args.model)
+        channels["model"] = Channel("model", local_path(args.model))
     job: JobResult = run_job(channels, run_options(args), hyperparameters_file=args.hyperparameters,
                              overrides=overrides)
     return job.exit_code

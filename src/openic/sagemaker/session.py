@@ -1,9 +1,13 @@
 """``sagemaker.Session`` / ``sagemaker.session``: region, default bucket, ``upload_data``, ``s3_input``.
 
-This version has no S3 client: ``upload_data`` copies the files into a local folder standing in for the bucket
-(``$OPENIC_HOME/s3/BUCKET/KEY_PREFIX``) and returns that folder, so the workshop's cells that upload and then
-train on the returned location run offline. ``s3://`` locations given to ``fit`` are refused with a message
-saying to use local paths.
+Two behaviours, chosen per call by ``openic.storage.is_configured()``:
+
+* an S3 store is configured (``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` is set, or boto3 finds credentials):
+  ``default_bucket`` creates ``sagemaker-REGION-ACCOUNT`` if missing and ``upload_data`` really uploads (boto3,
+  changed files only), returning ``s3://`` URIs as SageMaker does;
+* otherwise, offline: ``upload_data`` copies the files into a local folder standing in for the bucket
+  (``$OPENIC_HOME/s3/BUCKET/KEY_PREFIX``) and returns that folder, so the workshop's cells that upload and then
+  train on the returned location still run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from openic import storage
 from openic.errors import ClientError
 from openic.sdk.inputs import s3_input
 from openic.sdk.jobs import openic_home
@@ -37,28 +42,50 @@ class Session:
     def __init__(self, boto_session: object = None, sagemaker_client: object = None, **ignored: object) -> None:
         self.boto_session = boto_session
         self._region = default_region()
+        self._bucket: str | None = None
 
     @property
     def boto_region_name(self) -> str:
         return self._region
 
     def default_bucket(self) -> str:
-        return f"sagemaker-{self._region}-000000000000"
+        """``sagemaker-REGION-ACCOUNT``; with an S3 store configured it is created if missing (account from STS,
+        else ``000000000000``)."""
+        if not storage.is_configured():
+            return f"sagemaker-{self._region}-000000000000"
+        if self._bucket is None:
+            name = storage.default_bucket_name(self._region)
+            storage.ensure_bucket(name, self._region)
+            self._bucket = name
+        return self._bucket
 
     def upload_data(self, path: str | os.PathLike[str], bucket: str | None = None, key_prefix: str = "data",
                     **ignored: object) -> str:
-        """Copy ``path`` (a file or a folder) to the local stand-in for ``s3://BUCKET/KEY_PREFIX``; returns it."""
+        """Upload ``path`` (a file or a folder) to ``s3://BUCKET/KEY_PREFIX``; returns where it went.
+
+        With an S3 store configured: a real upload of the files that changed, returning ``s3://BUCKET/KEY_PREFIX``
+        for a folder and ``s3://BUCKET/KEY_PREFIX/NAME`` for a file (SageMaker's return values). Without one: a
+        copy into the local stand-in folder ``$OPENIC_HOME/s3/BUCKET/KEY_PREFIX``, which is returned.
+        """
         source = Path(path)
         if not source.exists():
             raise ClientError(f"upload_data: {source} does not exist")
-        target = openic_home() / "s3" / (bucket or self.default_bucket()) / key_prefix.strip("/")
-        target.mkdir(parents=True, exist_ok=True)
+        prefix = key_prefix.strip("/")
+        if storage.is_configured():
+            target = storage.s3_uri(bucket or self.default_bucket(), prefix)
+            if source.is_dir():
+                storage.upload_dir(source, target)
+                return target.rstrip("/")
+            return storage.upload_file(source, target.rstrip("/") + "/")
+        local = openic_home() / "s3" / (bucket or self.default_bucket()) / prefix
+        local.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
+            shutil.copytree(source, local, dirs_exist_ok=True)
         else:
-            shutil.copy2(source, target / source.name)
-        log.info("S3 is not available in this version: %s copied to the local folder %s", source, target)
-        return str(target)
+            shutil.copy2(source, local / source.name)
+        log.info("no S3 store is configured (no AWS_ENDPOINT_URL, no credentials): %s copied to the local folder "
+                 "%s", source, local)
+        return str(local)
 
 
 __all__ = ["Session", "default_region", "get_execution_role", "s3_input"]

@@ -92,9 +92,6 @@ def as_inputs(inputs: object) -> dict[str, TrainingInput]:
             raise ClientError(f"the {needed!r} channel is missing: image classification needs train and validation "
                               f"(got {', '.join(out) or 'none'})")
     for name, channel in out.items():
-        if channel.s3_data.startswith("s3://"):
-            raise ClientError(f"{name} channel: {channel.s3_data} is on S3, which this version does not read yet; "
-                              "pass a local path (openic.sagemaker.Session().upload_data copies files to one)")
         check_content_type(name, channel)
     return out
 

@@ -28,14 +28,15 @@ FAILURE_REASON_LIMIT = 1024  # SageMaker keeps the first 1024 characters of /opt
 
 def _channels(spec: dict[str, Any]) -> dict[str, object]:
     from openic.data.sources import Channel
+    from openic.train.inputs import local_path  # s3:// channels: copied once into this host's cache (File mode)
 
     raw = spec["channels"]
     out: dict[str, object] = {}
     for name in ("train", "validation"):
         lst = raw.get(f"{name}_lst")
-        out[name] = Channel(name, Path(raw[name]), Path(lst) if lst else None)
+        out[name] = Channel(name, local_path(raw[name]), local_path(lst) if lst else None)
     if raw.get("model"):
-        out["model"] = Channel("model", Path(raw["model"]))
+        out["model"] = Channel("model", local_path(raw["model"]))
     return out
 
 
@@ -55,7 +56,7 @@ def final_metrics(output_dir: Path) -> list[dict[str, Any]]:
 
 
 def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
-    from openic.train.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobResult, run_job
+    from openic.train.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobResult
 
     name, out = spec["job_name"], Path(spec["output_dir"])
     update_job(name, TrainingJobStatus="InProgress", TrainingStartTime=now(), Pid=os.getpid())
@@ -69,8 +70,7 @@ def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
                         failure=_failure_text(out) if code != EXIT_OK else None)
         _replay_metrics(out, tracker)
     else:
-        job = run_job(_channels(spec), {"output_dir": out, **spec.get("run_options", {})},
-                      overrides=spec["hyperparameters"], tracker=tracker)
+        job = _run_job(spec, out, tracker)
     charts = _charts(out) if job.exit_code == EXIT_OK else []
     status = {EXIT_OK: "Completed", EXIT_TERMINATED: "Stopped", EXIT_INTERRUPTED: "Stopped"}.get(job.exit_code,
                                                                                                "Failed")
@@ -128,11 +128,22 @@ def _host(spec_path: Path, spec: dict[str, Any], index: int, port: int) -> int:
 
 def _worker(spec: dict[str, Any]) -> int:
     """One rank of a multi-host job: the job contract alone (the top runner keeps the job record and tracking)."""
-    from openic.train.job import run_job
 
-    out = Path(spec["output_dir"])
-    return run_job(_channels(spec), {"output_dir": out, **spec.get("run_options", {})},
-                   overrides=spec["hyperparameters"]).exit_code
+    return _run_job(spec, Path(spec["output_dir"]), None).exit_code
+
+
+def _run_job(spec: dict[str, Any], out: Path, tracker: Any) -> Any:
+    """The job contract on the spec's channels; a channel that cannot be fetched (S3) fails the job as a ClientError."""
+    from openic.train.job import EXIT_CLIENT, JobResult, check_output_dir, run_job, write_failure
+
+    try:
+        channels = _channels(spec)
+    except ClientError as e:
+        check_output_dir(out)
+        return write_failure(out, EXIT_CLIENT, f"ClientError: {e}") if os.environ.get("RANK", "0") == "0" \
+            else JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
+    return run_job(channels, {"output_dir": out, **spec.get("run_options", {})}, overrides=spec["hyperparameters"],
+                   tracker=tracker)
 
 
 def _failure_text(out: Path) -> str | None:

@@ -148,7 +148,7 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
 
         result = fit(hp, dict(channels), config, tracker)  # type: ignore[arg-type]
     except (ClientError, FileNotFoundError) as e:
-        return _failed(out, EXIT_CLIENT, f"ClientError: {e}", write=main)
+        return write_failure(out, EXIT_CLIENT, f"ClientError: {e}", write=main)
     except KeyboardInterrupt:
         print(f"interrupted; {_resume_hint(config, out)}", file=sys.stderr)
         return JobResult(EXIT_INTERRUPTED)
@@ -159,7 +159,7 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
     except Exception as e:  # noqa: BLE001 - any other failure is ours: report it as SageMaker does
         traceback.print_exc()
         text = f"AlgorithmError: {type(e).__name__}: {e}"
-        return _failed(out, EXIT_ALGORITHM, f"{text}\n\n{traceback.format_exc()}", shown=f"{text} (details in "
+        return write_failure(out, EXIT_ALGORITHM, f"{text}\n\n{traceback.format_exc()}", shown=f"{text} (details in "
                        f"{out / FAILURE})" if main else text, write=main)
     if main:
         print(f"model: {result.model_path}")
@@ -185,7 +185,7 @@ def _resume_hint(config: TrainConfig | None, out: Path) -> str:
     return "no epoch had completed, so the same command starts over"
 
 
-def _failed(out: Path, code: int, text: str, shown: str | None = None, write: bool = True) -> JobResult:
+def write_failure(out: Path, code: int, text: str, shown: str | None = None, write: bool = True) -> JobResult:
     """Write ``OUTPUT_DIR/failure`` (rank 0 only: one job, one reason); if even that fails (read-only folder),
     say so beside the original reason."""
     try:

@@ -1,0 +1,88 @@
+"""s3:// channels in File mode against a real S3-protocol server (moto, 127.0.0.1): ``openic train`` and the SDK
+train on the downloaded copy exactly as on the local files, and a missing key fails fast, naming it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import cut_rec
+
+from openic.storage import client
+
+HP = ["--num_layers", "20", "--image_shape", "1,28,28", "--num_classes", "10", "--num_training_samples", "48",
+      "--mini_batch_size", "16", "--epochs", "1", "--seed", "1"]
+
+
+@pytest.fixture
+def bucket_with_data(s3_env, digits_set, tmp_path):
+    train = cut_rec(digits_set.train_rec, tmp_path / "train.rec", 0, 48)
+    val = cut_rec(digits_set.val_rec, tmp_path / "val.rec", 0, 32)
+    s3 = client()
+    s3.upload_file(str(train), s3_env, "data/train/train.rec")
+    s3.upload_file(str(val), s3_env, "data/validation/val.rec")
+    return s3_env, train, val
+
+
+def _train(train: str, val: str, out, env_cache) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ) | {"OPENIC_S3_CACHE": str(env_cache)}
+    return subprocess.run([sys.executable, "-m", "openic", "train", "--train", train, "--validation", val,
+                           "--output-dir", str(out), *HP], capture_output=True, text=True, timeout=300, env=env)
+
+
+def _val_accuracy(out) -> float:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["validation:accuracy"] for r in rows if "validation:accuracy" in r][-1]
+
+
+@pytest.mark.slow
+def test_s3_channels_train_like_local_files(bucket_with_data, tmp_path):
+    bucket, train, val = bucket_with_data
+    remote = _train(f"s3://{bucket}/data/train/", f"s3://{bucket}/data/validation/", tmp_path / "s3out",
+                    tmp_path / "cache")
+    assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-2000:]
+    local = _train(str(train), str(val), tmp_path / "localout", tmp_path / "cache")
+    assert local.returncode == 0
+    assert _val_accuracy(tmp_path / "s3out") == _val_accuracy(tmp_path / "localout")  # same batches, same result
+    assert (tmp_path / "cache" / bucket / "data" / "train" / "train.rec").read_bytes() == train.read_bytes()
+
+
+def test_missing_s3_key_is_a_client_error_naming_it(bucket_with_data, tmp_path):
+    bucket, _, _ = bucket_with_data
+    proc = _train(f"s3://{bucket}/nothing-here/", f"s3://{bucket}/data/validation/", tmp_path / "o",
+                  tmp_path / "cache")
+    assert proc.returncode == 2
+    assert f"s3://{bucket}/nothing-here/" in proc.stderr
+
+
+def test_s3_output_dir_is_refused_clearly(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "openic", "train", "--train", "x", "--validation", "y",
+                           "--output-dir", "s3://b/out"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "s3:// outputs" in proc.stderr
+
+
+@pytest.mark.slow
+def test_workshop_s3_cells_upload_then_fit(bucket_with_data, tmp_path, monkeypatch):
+    """``Session().upload_data`` to the configured store, then ``fit`` on the returned s3:// locations."""
+    from openic import sagemaker
+    from openic.sdk import Estimator, TrainingInput
+
+    _, train, val = bucket_with_data
+    monkeypatch.setenv("OPENIC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPENIC_S3_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sess = sagemaker.Session()
+    bucket = sess.default_bucket()
+    (tmp_path / "tr").mkdir()
+    (tmp_path / "tr" / "train.rec").write_bytes(train.read_bytes())
+    s3_train = sess.upload_data(str(tmp_path / "tr"), bucket=bucket, key_prefix="ic/train")
+    s3_val = sess.upload_data(str(val), bucket=bucket, key_prefix="ic/validation")
+    assert s3_train.startswith("s3://") and s3_val.startswith("s3://")
+    est = Estimator(role="r", instance_count=1, instance_type="local", output_path=tmp_path / "jobs")
+    est.set_hyperparameters(num_layers=20, image_shape="1,28,28", num_classes=10, num_training_samples=48,
+                            mini_batch_size=16, epochs=1)
+    est.fit({"train": TrainingInput(s3_train, content_type="application/x-recordio"),
+             "validation": TrainingInput(s3_val, content_type="application/x-recordio")}, logs=False)
+    assert est.model_data.endswith("model.tar.gz")
