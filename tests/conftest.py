@@ -5,6 +5,8 @@
 * ``digits_images``: the 1,797 source images as im2rec saw them, for tests that pack or list them.
 * ``small``: small RecordIO channels for the training engine: 96 train / 48 validation digits cut from
   ``digits_set``, and 64 multi-hot records (flag 10, ten labels) written with ``pack``.
+* ``s3_server`` / ``s3_env`` (from ``s3_helpers``): a moto S3 server in this process, and an environment pointing
+  boto3 at it with a fresh bucket.
 """
 
 from pathlib import Path

@@ -12,6 +12,7 @@ moto is imported inside the fixture, so test files that do not use S3 do not pay
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -50,6 +51,7 @@ def puts(bucket: str) -> list[str]:
 def s3_server():
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     server._server.app = _Recorder(server._server.app)  # werkzeug's handler reads server.app on every request
@@ -86,10 +88,15 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def download_in_child(uri: str, cache_root: str, barrier) -> dict[str, str]:
-    """For a spawned process: wait for the others, ``download_prefix``, return ``{relative path: md5}``."""
+def download_in_child(uri: str, cache_root: str, barrier, results) -> None:
+    """For a spawned process: wait for the others, ``download_prefix``, put ``{relative path: md5}`` (or the
+    error's text) on the ``results`` queue."""
     from openic.storage import download_prefix
 
     barrier.wait(timeout=30)
-    folder = download_prefix(uri, Path(cache_root))
-    return {p.relative_to(folder).as_posix(): md5(p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+    try:
+        folder = download_prefix(uri, Path(cache_root))
+        results.put({p.relative_to(folder).as_posix(): md5(p.read_bytes())
+                     for p in sorted(folder.rglob("*")) if p.is_file()})
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(f"{type(e).__name__}: {e}")

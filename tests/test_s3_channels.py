@@ -4,6 +4,7 @@ train on the downloaded copy exactly as on the local files, and a missing key fa
 import json
 import subprocess
 import sys
+import uuid
 
 import pytest
 from conftest import cut_rec
@@ -77,8 +78,9 @@ def test_workshop_s3_cells_upload_then_fit(bucket_with_data, tmp_path, monkeypat
     bucket = sess.default_bucket()
     (tmp_path / "tr").mkdir()
     (tmp_path / "tr" / "train.rec").write_bytes(train.read_bytes())
-    s3_train = sess.upload_data(str(tmp_path / "tr"), bucket=bucket, key_prefix="ic/train")
-    s3_val = sess.upload_data(str(val), bucket=bucket, key_prefix="ic/validation")
+    prefix = f"ic-{uuid.uuid4().hex[:8]}"  # the default bucket outlives a test on the shared server
+    s3_train = sess.upload_data(str(tmp_path / "tr"), bucket=bucket, key_prefix=f"{prefix}/train")
+    s3_val = sess.upload_data(str(val), bucket=bucket, key_prefix=f"{prefix}/validation")
     assert s3_train.startswith("s3://") and s3_val.startswith("s3://")
     est = Estimator(role="r", instance_count=1, instance_type="local", output_path=tmp_path / "jobs")
     est.set_hyperparameters(num_layers=20, image_shape="1,28,28", num_classes=10, num_training_samples=48,

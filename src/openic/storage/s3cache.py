@@ -1,10 +1,11 @@
 """File mode: copy an S3 channel once into a local cache folder, resumably, checksummed, shared by local processes.
 
 Layout under ``cache_root``: ``BUCKET/KEY...`` holds the objects under their key paths (what training reads);
-``.openic-s3/`` (no bucket name starts with a dot, so it never collides) holds per bucket a lock file, one
-manifest per URI (what was downloaded and verified: size, ETag, how it was checked, the local mtime) and the ETag
-each ``<name>.part`` belongs to. Training ranks of one host calling ``download_prefix`` together queue on the
-bucket's lock: the first downloads, the others wait and find everything in the manifest.
+``.openic-s3/`` (no bucket name starts with a dot, so it never collides) holds per bucket a lock file, a
+manifest (per key what was downloaded and verified: size, ETag, how it was checked, the local mtime; shared by
+overlapping URIs of the bucket) and the ETag each ``<name>.part`` belongs to. Training ranks of one host calling
+``download_prefix`` together queue on the bucket's lock: the first downloads, the others wait and find everything
+in the manifest. (One lock per bucket, not per prefix, because overlapping prefixes share files.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import botocore.exceptions as bex
 
 from openic.errors import ClientError
-from openic.fileio import atomic_write_text, os_reason, replace_durably
+from openic.fileio import OutputError, atomic_write_text, os_reason, replace_durably
 from openic.storage.s3base import (
     ObjectInfo,
     client,
@@ -108,10 +110,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 class _Download:
     """One ``download_prefix`` call holding the lock: the manifest, and fetching objects into their paths."""
 
-    def __init__(self, uri: str, bucket: str, root: Path, key: str) -> None:
+    def __init__(self, uri: str, bucket: str, root: Path) -> None:
         self.uri, self.bucket, self.bucket_dir = uri, bucket, root / bucket
         self.meta = root / META / bucket
-        self.manifest_path = self.meta / f"{_digest(key)}.json"
+        self.manifest_path = self.meta / "manifest.json"
         self.entries: dict[str, dict[str, Any]] = _read_json(self.manifest_path).get("objects", {})
         self.lock, self.flushed, self.fetched = threading.Lock(), time.monotonic(), 0
         self.s3 = client()
@@ -138,9 +140,9 @@ class _Download:
             if time.monotonic() - self.flushed > FLUSH_S:
                 self.save()
 
-    def save(self, keep: set[str] | None = None) -> None:
-        if keep is not None:
-            self.entries = {k: v for k, v in self.entries.items() if k in keep}
+    def save(self, stale: Callable[[str], bool] | None = None) -> None:
+        if stale is not None:
+            self.entries = {k: v for k, v in self.entries.items() if not stale(k)}
         self.meta.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.manifest_path, json.dumps({"uri": self.uri, "objects": self.entries}, indent=0))
         self.flushed = time.monotonic()
@@ -253,7 +255,7 @@ def download_prefix(uri: str, cache_root: Path) -> Path:
                           f"(partial downloads are kept as NAME{PART}); rename one")
     target = root / bucket / key.rstrip("/") if key else root / bucket
     with WaitingLock(root / META / f"{bucket}.lock", f"downloading {uri}"):
-        job = _Download(uri, bucket, root, key)
+        job = _Download(uri, bucket, root)
         todo = [o for o in objects if not job.cached(o, paths[o.key])]
         if todo:
             total = sum(o.size for o in todo)
@@ -263,11 +265,15 @@ def download_prefix(uri: str, cache_root: Path) -> Path:
             try:
                 for future in [pool.submit(job.fetch, o, paths[o.key]) for o in todo]:
                     future.result()
+            except OSError as e:  # disk full, read-only folder, a key that is both a file and a folder ...
+                raise OutputError(f"cannot store {uri} in the cache folder {target}: {os_reason(e)}"
+                                  f"{f' ({e.filename})' if e.filename else ''}") from e
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
                 job.save()  # what finished stays recorded even when something failed
             log.info("downloaded %s in %.1f s", uri, time.monotonic() - started)
         if not exact:
             job.prune(target, set(paths.values()))
-        job.save(keep=keys)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        job.save(stale=lambda k: k not in keys and (k == key if exact else k.startswith(prefix)))
     return paths[key] if exact else target
