@@ -125,7 +125,7 @@ def test_set_hyperparameters_is_checked_at_once():
 @pytest.mark.parametrize(("inputs", "says"), [
     ({"train": "x", "validaton": "y"}, "validaton"),
     ({"train": "x"}, "'validation' channel is missing"),
-    ({"train": TrainingInput("s3://b/train"), "validation": "v"}, "S3"),
+    ({"train": TrainingInput("s3://Bad_Bucket/train"), "validation": "v"}, "train channel: .*Bad_Bucket"),
 ])
 def test_bad_channels_fail_before_any_work(small, inputs, says, home):
     est = Estimator(hyperparameters=HP)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openic.errors import ClientError, shown
+from openic.storage import is_s3, parse_s3_uri
 
 CHANNELS = ("train", "validation", "train_lst", "validation_lst", "model")
 RECORDIO = "application/x-recordio"
@@ -92,6 +93,11 @@ def as_inputs(inputs: object) -> dict[str, TrainingInput]:
             raise ClientError(f"the {needed!r} channel is missing: image classification needs train and validation "
                               f"(got {', '.join(out) or 'none'})")
     for name, channel in out.items():
+        if is_s3(channel.s3_data):
+            try:
+                parse_s3_uri(channel.s3_data)  # a malformed URI fails here; the objects are fetched by the job
+            except ClientError as e:
+                raise ClientError(f"{name} channel: {e}") from None
         check_content_type(name, channel)
     return out
 
