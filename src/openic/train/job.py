@@ -9,7 +9,9 @@ and run options. :func:`run_job` owns everything around :func:`openic.train.loop
   prefixed ``ClientError:`` (the user's input) or ``AlgorithmError:`` (ours, with the traceback below);
 - exit codes: 0 done, 2 ``ClientError``, 1 ``AlgorithmError``, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM
   (how SageMaker stops a job); after 130 or 143 the same command resumes from ``checkpoints/last`` when resuming
-  is on (the default) and an epoch had completed, and the stop message says which applies.
+  is on (the default) and an epoch had completed, and the stop message says which applies;
+- in a distributed job (``WORLD_SIZE`` set by torchrun) every rank runs this, and rank 0 alone holds the lock and
+  writes the failure file (see ``openic.train.launch`` for how a dead rank is reported).
 """
 
 from __future__ import annotations
