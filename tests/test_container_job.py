@@ -103,3 +103,15 @@ def test_two_hosts_from_resourceconfig(recs, tmp_path):
     assert "global batch 32 = mini_batch_size 16 x 2 hosts" in logs[0]
     assert (roots[0] / "model" / "model-shapes.json").is_file()
     assert not (roots[1] / "model").exists() or not any((roots[1] / "model").iterdir())  # one copy of the model
+
+
+def test_sharded_by_s3_key_over_several_hosts_is_refused(recs, tmp_path):
+    root = _ml_root(tmp_path / "ml", recs, hosts=("127.0.0.1", "localhost"), current="127.0.0.1")
+    config = root / "input" / "config" / "inputdataconfig.json"
+    channels = json.loads(config.read_text())
+    channels["train"]["S3DistributionType"] = "ShardedByS3Key"
+    config.write_text(json.dumps(channels))
+    proc = _train(root)
+    assert proc.returncode == 2
+    failure = (root / "output" / "failure").read_text()
+    assert failure.startswith("ClientError:") and "ShardedByS3Key" in failure and "train" in failure

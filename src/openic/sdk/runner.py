@@ -134,14 +134,13 @@ def _worker(spec: dict[str, Any]) -> int:
 
 def _run_job(spec: dict[str, Any], out: Path, tracker: Any) -> Any:
     """The job contract on the spec's channels; a channel that cannot be fetched (S3) fails the job as a ClientError."""
-    from openic.train.job import EXIT_CLIENT, JobResult, check_output_dir, run_job, write_failure
+    from openic.train.job import EXIT_CLIENT, check_output_dir, is_main_process, run_job, write_failure
 
     try:
         channels = _channels(spec)
     except ClientError as e:
         check_output_dir(out)
-        return write_failure(out, EXIT_CLIENT, f"ClientError: {e}") if os.environ.get("RANK", "0") == "0" \
-            else JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
+        return write_failure(out, EXIT_CLIENT, f"ClientError: {e}", write=is_main_process())
     return run_job(channels, {"output_dir": out, **spec.get("run_options", {})}, overrides=spec["hyperparameters"],
                    tracker=tracker)
 

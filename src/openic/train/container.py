@@ -21,7 +21,7 @@ import logging
 import socket
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from openic.artifacts import safe_extract
@@ -59,6 +59,7 @@ class ContainerJob:
     checkpoint_dir: Path
     hosts: list[str]
     current_host: str
+    distributions: dict[str, str] = field(default_factory=dict)  # channel -> S3DistributionType, where given
 
     @property
     def node_rank(self) -> int:
@@ -101,12 +102,14 @@ def load_container_job(ml_root: Path) -> ContainerJob:
             raise ClientError(f"channel '{name}' is in {modes[name]} mode but its folder {data_dir / name} does "
                               f"not exist (input modes come from {config_file})")
     content_types = {n: c["ContentType"] for n, c in configs.items() if "ContentType" in c}
+    distributions = {n: c["S3DistributionType"] for n, c in configs.items() if "S3DistributionType" in c}
     hosts, current_host = _resource_config(config_dir / "resourceconfig.json")
     return ContainerJob(
         ml_root=ml_root, hyperparameters=_hyperparameters(config_dir / "hyperparameters.json"),
         channels=_fold_channels(names, modes, data_dir), input_modes=modes, content_types=content_types,
         label_format=_label_format(content_types, config_file), output_dir=ml_root / "output",
-        model_dir=ml_root / "model", checkpoint_dir=ml_root / "checkpoints", hosts=hosts, current_host=current_host)
+        model_dir=ml_root / "model", checkpoint_dir=ml_root / "checkpoints", hosts=hosts, current_host=current_host,
+        distributions=distributions)
 
 
 def _hyperparameters(path: Path) -> dict[str, str]:

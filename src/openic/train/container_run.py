@@ -42,17 +42,6 @@ def _local_processes() -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
-def _sharded_channels(job: ContainerJob) -> list[str]:
-    import json
-
-    try:
-        config = json.loads((job.ml_root / "input" / "config" / "inputdataconfig.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing: all FullyReplicated; malformed was refused by load_container_job
-        return []
-    return sorted(name for name, c in config.items()
-                  if isinstance(c, dict) and c.get("S3DistributionType") == "ShardedByS3Key")
-
-
 def _master_port() -> int:
     """torchrun's port on the first host; ``OPENIC_MASTER_PORT`` moves it (SageMaker leaves every port free)."""
     raw = os.environ.get("OPENIC_MASTER_PORT", str(DEFAULT_PORT))
@@ -69,7 +58,7 @@ def run_container(ml_root: Path, argv: list[str]) -> int:
     except ClientError as e:
         return _client_error(ml_root / "output", e)
     nproc = _local_processes()
-    sharded = _sharded_channels(job)
+    sharded = sorted(name for name, kind in job.distributions.items() if kind == "ShardedByS3Key")
     if sharded and job.nnodes > 1:
         return _client_error(job.output_dir, ClientError(
             f"S3DistributionType ShardedByS3Key on channel(s) {', '.join(sharded)} with {job.nnodes} hosts is not "
@@ -99,7 +88,7 @@ def _client_error(output_dir: Path, error: ClientError) -> int:
 
     text = f"ClientError: {error}"
     print(text, file=sys.stderr)
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(output_dir / "failure", text + "\n")
