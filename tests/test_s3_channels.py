@@ -9,7 +9,8 @@ import uuid
 import pytest
 from conftest import cut_rec
 
-from openic.storage import client
+from openic.formats.recordio import RecordReader, unpack
+from openic.storage import client, list_objects
 
 HP = ["--num_layers", "20", "--image_shape", "1,28,28", "--num_classes", "10", "--num_training_samples", "48",
       "--mini_batch_size", "16", "--epochs", "1", "--seed", "1"]
@@ -58,12 +59,6 @@ def test_missing_s3_key_is_a_client_error_naming_it(bucket_with_data, tmp_path):
     assert f"s3://{bucket}/nothing-here/" in proc.stderr
 
 
-def test_s3_output_dir_is_refused_clearly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "openic", "train", "--train", "x", "--validation", "y",
-                           "--output-dir", "s3://b/out"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "s3:// outputs" in proc.stderr
-
-
 @pytest.mark.slow
 def test_workshop_s3_cells_upload_then_fit(bucket_with_data, tmp_path, monkeypatch):
     """``Session().upload_data`` to the configured store, then ``fit`` on the returned s3:// locations."""
@@ -82,9 +77,20 @@ def test_workshop_s3_cells_upload_then_fit(bucket_with_data, tmp_path, monkeypat
     s3_train = sess.upload_data(str(tmp_path / "tr"), bucket=bucket, key_prefix=f"{prefix}/train")
     s3_val = sess.upload_data(str(val), bucket=bucket, key_prefix=f"{prefix}/validation")
     assert s3_train.startswith("s3://") and s3_val.startswith("s3://")
-    est = Estimator(role="r", instance_count=1, instance_type="local", output_path=tmp_path / "jobs")
+    est = Estimator(role="r", instance_count=1, instance_type="local", output_path=f"s3://{bucket}/{prefix}/out",
+                    checkpoint_s3_uri=f"s3://{bucket}/{prefix}/checkpoints")
     est.set_hyperparameters(num_layers=20, image_shape="1,28,28", num_classes=10, num_training_samples=48,
                             mini_batch_size=16, epochs=1)
     est.fit({"train": TrainingInput(s3_train, content_type="application/x-recordio"),
              "validation": TrainingInput(s3_val, content_type="application/x-recordio")}, logs=False)
-    assert est.model_data.endswith("model.tar.gz")
+    name = est.latest_training_job.name
+    assert est.model_data == f"s3://{bucket}/{prefix}/out/{name}/output/model.tar.gz"
+    keys = {o.key for o in list_objects(f"s3://{bucket}/{prefix}/")}
+    assert f"{prefix}/out/{name}/output/model.tar.gz" in keys and f"{prefix}/checkpoints/last" in keys
+    predictor = est.deploy(initial_instance_count=1, instance_type="local")  # from the s3:// artifact
+    try:
+        with RecordReader(val) as reader:
+            jpeg = unpack(next(iter(reader)))[1]
+        assert len(json.loads(predictor.predict(jpeg, initial_args={"ContentType": "application/x-image"}))) == 10
+    finally:
+        predictor.delete_endpoint()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from openic.errors import ClientError
 from openic.formats.images import check_max_pixels
@@ -25,3 +26,16 @@ def pixel_limit(text: str) -> int:
     except (ValueError, ClientError) as e:
         reason = str(e) if isinstance(e, ClientError) else f"--max-image-pixels must be a whole number, got {text!r}"
         raise argparse.ArgumentTypeError(reason) from None
+
+
+def location(text: str) -> Path | str:
+    """A local path, or an ``s3://`` URI checked and kept as text (``Path`` would fold its ``//``)."""
+    if text.startswith("s3://"):
+        from openic.storage import parse_s3_uri
+
+        try:
+            parse_s3_uri(text)
+        except ClientError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    return Path(text)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from openic.cli.argtypes import pixel_limit
+from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="serve a model.tar.gz on SageMaker's /ping and /invocations",
                        description="Serve a model as SageMaker's image-classification endpoint does. With no "
                        "--model, serves the container's /opt/ml/model (OPENIC_ML_ROOT moves /opt/ml).")
-    s.add_argument("--model", type=Path, help="model.tar.gz or its extracted folder (default: /opt/ml/model)")
+    s.add_argument("--model", type=location,
+                   help="model.tar.gz or its extracted folder, or an s3:// URI (default: /opt/ml/model)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=8080, help="port (default: %(default)s, SageMaker's)")
     s.add_argument("--workers", type=int, default=1, help="worker processes, one model each (default: 1)")
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_serve)
 
     p = sub.add_parser("predict", help="top-k classes of image files, without a server")
-    p.add_argument("--model", type=Path, required=True, help="model.tar.gz or its extracted folder")
+    p.add_argument("--model", type=location, required=True,
+                   help="model.tar.gz or its extracted folder, or an s3:// URI")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: %(default)s)")
     _model_options(p)

@@ -12,6 +12,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from openic.cli.argtypes import location
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
 from openic.errors import ClientError
 from openic.train.config import TrainConfig, flag_name
@@ -50,14 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_demo)
 
 
-def _local(value: str) -> Path:
-    """Run-option paths are local: outputs and checkpoints on S3 are not written by this version."""
-    if value.startswith("s3://"):
-        raise argparse.ArgumentTypeError(f"{value}: s3:// outputs, checkpoints and weights are not supported yet; "
-                                         "give a local path")
-    return Path(value)
-
-
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field (``--output-dir`` and ``--output_dir``), help and defaults from it."""
     group = p.add_argument_group("run options (not hyperparameters)")
@@ -77,7 +70,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                                help=help_text)
         else:
             group.add_argument(*names, dest=f.name, default=default, help=help_text, 
-                               type={"path": _local, "int": int}.get(kind, str), metavar=meta["metavar"],
+                               type={"path": location, "int": int}.get(kind, str), metavar=meta["metavar"],
                                choices=meta["choices"] or None)
 
 
@@ -146,7 +139,7 @@ def _extra_pairs(tokens: list[str]) -> dict[str, str]:
 
 
 def _optional(value: str | None) -> Path | None:
-    from openic.train.inputs import local_path
+    from openic.storage.local import local_path
 
     return None if value is None else local_path(value)
 
@@ -154,7 +147,7 @@ def _optional(value: str | None) -> Path | None:
 def run_train(args: argparse.Namespace) -> int:
     from openic.data.sources import Channel
     from openic.logs import setup_logging
-    from openic.train.inputs import local_path
+    from openic.storage.local import local_path
     from openic.train.launch import launch as run_launch
     from openic.train.launch import under_launcher
 
@@ -170,13 +163,22 @@ def run_train(args: argparse.Namespace) -> int:
             raise ClientError(f"{flag} is required (or --sagemaker to read the job from --ml-root)")
     launch = _launch_options(args)
     if launch.distributed and not under_launcher():
+        from openic.train.remote import RemoteOutputs
+
         argv = _without_launch_flags(list(getattr(args, "argv", [])))
-        return run_launch(launch, "openic", argv, output_dir=args.output_dir)
+        outputs = RemoteOutputs.plan(args.output_dir, args.checkpoint_dir)
+        code = run_launch(launch, "openic", argv, output_dir=outputs.output_dir)
+        if code and outputs.remote and launch.node_rank == 0:  # the launcher's failure file, when a rank died
+            outputs.push_all()
+        return code
     channels = {"train": Channel("train", local_path(args.train), _optional(args.train_lst)),
                 "validation": Channel("validation", local_path(args.validation), _optional(args.validation_lst))}
     if args.model is not None:
         channels["model"] = Channel("model", local_path(args.model))
-    job: JobResult = run_job(channels, run_options(args), hyperparameters_file=args.hyperparameters,
+    options = run_options(args)
+    if options.get("pretrained") is not None:
+        options["pretrained"] = local_path(options["pretrained"])  # s3:// weights: into the cache first
+    job: JobResult = run_job(channels, options, hyperparameters_file=args.hyperparameters,
                              overrides=overrides)
     return job.exit_code
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from openic.cli.argtypes import pixel_limit
+from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("transform", help="batch transform: each input object X gets OUTPUT/X.out",
                        description="Batch transform as SageMaker writes it. Re-running skips finished outputs; an "
                        "input that fails is named and the rest go on (exit 1 if any failed).")
-    t.add_argument("--model", type=Path, required=True, help="model.tar.gz or its extracted folder")
+    t.add_argument("--model", type=location, required=True,
+                   help="model.tar.gz or its extracted folder, or an s3:// URI")
     t.add_argument("--input", type=Path, required=True, help="a folder, a .rec file or a .manifest/.jsonl file")
     t.add_argument("--output", type=Path, required=True, help="folder for the .out files")
     t.add_argument("--content-type", default="application/x-image", help="of each object (default: %(default)s; "

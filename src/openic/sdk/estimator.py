@@ -21,6 +21,8 @@ from openic.hyperparams import HyperParameters
 from openic.sdk import jobs
 from openic.sdk.inputs import TrainingInput, as_inputs
 from openic.sdk.instances import device_for
+from openic.sdk.runner import local_output
+from openic.storage import is_s3, parse_s3_uri
 from openic.train.job import train_config
 
 # SDK v1 spelling -> v2 (the workshop's notebooks use the v1 names)
@@ -70,10 +72,14 @@ class Estimator:
         self.device = device_for(instance_type)  # refuses an unknown type before any work
         self.image_uri, self.role, self.instance_type, self.instance_count = image_uri, role, instance_type, \
             instance_count
-        if output_path is not None and str(output_path).startswith("s3://"):
-            raise ClientError(f"output_path {output_path} is on S3, which this version does not write yet; use a "
-                              "local folder")
-        self.output_path = Path(output_path).resolve() if output_path else jobs.openic_home() / "output"
+        if output_path is not None and is_s3(output_path):
+            parse_s3_uri(output_path)  # a malformed URI fails here, before any work
+            self.output_path: Path | str = str(output_path).rstrip("/")
+        else:
+            self.output_path = Path(output_path).resolve() if output_path else jobs.openic_home() / "output"
+        self.checkpoint_s3_uri = kwargs.pop("checkpoint_s3_uri", None)
+        if self.checkpoint_s3_uri is not None:
+            parse_s3_uri(self.checkpoint_s3_uri)
         self.base_job_name = kwargs.pop("base_job_name", None) or jobs.BASE_JOB_NAME
         self.max_run = int(kwargs.pop("max_run", 24 * 3600))
         self.model_uri = kwargs.pop("model_uri", None)
@@ -101,11 +107,15 @@ class Estimator:
             channels["model"] = TrainingInput(self.model_uri)
         HyperParameters.from_strings(self._hyperparameters)  # the whole set, before any work
         name = jobs.check_job_name(job_name or jobs.default_job_name(self.base_job_name))
-        out = self.output_path / name / "output"
+        out = f"{self.output_path}/{name}/output" if isinstance(self.output_path, str) else \
+            self.output_path / name / "output"
         run_options: dict[str, Any] = {"device": self.device, **self.run_options}
+        if self.checkpoint_s3_uri is not None:  # SageMaker's spot-resume location: mirrored after every epoch
+            run_options.setdefault("checkpoint_dir", self.checkpoint_s3_uri)
         if channels["train"].label_format:
             run_options["label_format"] = channels["train"].label_format
-        train_config({"output_dir": out, **run_options})  # unknown or out-of-range options, before any work
+        # unknown or out-of-range options, before any work (S3 locations are staged by the job itself)
+        train_config({**run_options, "output_dir": Path("."), "checkpoint_dir": None})
         spec = {"job_name": name, "output_dir": str(out), "hyperparameters": self._hyperparameters,
                 "channels": {k: v.s3_data for k, v in channels.items()}, "run_options": run_options, "mlflow": True,
                 "instance_count": self.instance_count}
@@ -118,7 +128,7 @@ class Estimator:
                          "ResourceConfig": {"InstanceType": self.instance_type,
                                             "InstanceCount": self.instance_count},
                          "StoppingCondition": {"MaxRuntimeInSeconds": self.max_run},
-                         "OutputDir": str(out), "LogFile": str(jobs.job_dir(name) / "train.log")})
+                         "OutputDir": str(local_output(spec)), "LogFile": str(jobs.job_dir(name) / "train.log")})
         self.latest_training_job = TrainingJob.start(name, spec)
         if wait:
             self.latest_training_job.wait(logs=bool(logs))
@@ -172,8 +182,7 @@ class TrainingJob:
 
     @classmethod
     def start(cls, name: str, spec: dict[str, Any]) -> TrainingJob:
-        out = Path(spec["output_dir"])
-        out.mkdir(parents=True, exist_ok=True)
+        local_output(spec).mkdir(parents=True, exist_ok=True)
         spec_path = jobs.job_dir(name) / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         log_path = jobs.job_dir(name) / "train.log"

@@ -20,6 +20,7 @@ from typing import Any
 
 from openic.errors import ClientError
 from openic.sdk.serde import IdentitySerializer
+from openic.storage.local import local_path
 
 _ENDPOINTS: dict[str, tuple[subprocess.Popen, str]] = {}  # endpoint name -> (server process, base URL)
 START_TIMEOUT_S = 240  # SageMaker waits up to 4 minutes for /ping
@@ -46,8 +47,9 @@ def start_endpoint(model_data: str, endpoint_name: str, serializer: Any = None, 
     if endpoint_name in _ENDPOINTS and _ENDPOINTS[endpoint_name][0].poll() is None:
         raise ClientError(f"an endpoint named {endpoint_name!r} is already running; delete_endpoint() it first "
                           "or pass endpoint_name=")
+    model_data = str(local_path(model_data))  # an s3:// artifact is fetched once here, not by every worker
     port = _free_port()
-    argv = [sys.executable, "-m", "openic", "serve", "--model", str(model_data), "--port", str(port)]
+    argv = [sys.executable, "-m", "openic", "serve", "--model", model_data, "--port", str(port)]
     for key in ("backend", "preprocess", "workers"):
         if key in options:
             argv += [f"--{key}", str(options[key])]

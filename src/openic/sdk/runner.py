@@ -20,6 +20,7 @@ from typing import Any
 from openic.errors import ClientError
 from openic.sdk.jobs import now, update_job
 from openic.sdk.tracking import EXPERIMENT, job_tracker, tracking_uri
+from openic.storage import is_s3
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ FAILURE_REASON_LIMIT = 1024  # SageMaker keeps the first 1024 characters of /opt
 
 def _channels(spec: dict[str, Any]) -> dict[str, object]:
     from openic.data.sources import Channel
-    from openic.train.inputs import local_path  # s3:// channels: copied once into this host's cache (File mode)
+    from openic.storage.local import local_path  # s3:// channels: copied once into this host's cache (File mode)
 
     raw = spec["channels"]
     out: dict[str, object] = {}
@@ -58,7 +59,7 @@ def final_metrics(output_dir: Path) -> list[dict[str, Any]]:
 def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
     from openic.train.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobResult
 
-    name, out = spec["job_name"], Path(spec["output_dir"])
+    name, out = spec["job_name"], local_output(spec)
     update_job(name, TrainingJobStatus="InProgress", TrainingStartTime=now(), Pid=os.getpid())
     tracker = job_tracker(name, spec)
     if tracker is not None:
@@ -67,7 +68,8 @@ def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
     if hosts > 1 and spec_path is not None:
         code = run_hosts(spec_path, hosts, out)
         job = JobResult(code, result=_HostsResult(out / "model.tar.gz") if code == EXIT_OK else None,
-                        failure=_failure_text(out) if code != EXIT_OK else None)
+                        failure=_failure_text(out) if code != EXIT_OK else None,
+                        model_uri=f"{spec['output_dir']}/model.tar.gz" if is_s3(spec["output_dir"]) else None)
         _replay_metrics(out, tracker)
     else:
         job = _run_job(spec, out, tracker)
@@ -77,7 +79,7 @@ def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
     fields: dict[str, Any] = {"TrainingJobStatus": status, "TrainingEndTime": now(), "ExitCode": job.exit_code,
                               "FinalMetricDataList": final_metrics(out), "Charts": [str(c) for c in charts]}
     if job.exit_code == EXIT_OK and job.result is not None:
-        fields["ModelArtifacts"] = {"S3ModelArtifacts": str(job.result.model_path)}
+        fields["ModelArtifacts"] = {"S3ModelArtifacts": job.model_uri or str(job.result.model_path)}
     if status == "Failed":
         fields["FailureReason"] = (job.failure or f"exit code {job.exit_code}")[:FAILURE_REASON_LIMIT]
     update_job(name, **fields)
@@ -123,13 +125,13 @@ def _host(spec_path: Path, spec: dict[str, Any], index: int, port: int) -> int:
     from openic.train.launch import LaunchOptions, launch
 
     opts = LaunchOptions(nnodes=int(spec["instance_count"]), node_rank=index, master_port=port)
-    return launch(opts, "openic.sdk.runner", [str(spec_path), "--worker"], output_dir=Path(spec["output_dir"]))
+    return launch(opts, "openic.sdk.runner", [str(spec_path), "--worker"], output_dir=local_output(spec))
 
 
 def _worker(spec: dict[str, Any]) -> int:
     """One rank of a multi-host job: the job contract alone (the top runner keeps the job record and tracking)."""
 
-    return _run_job(spec, Path(spec["output_dir"]), None).exit_code
+    return _run_job(spec, local_output(spec), None).exit_code
 
 
 def _run_job(spec: dict[str, Any], out: Path, tracker: Any) -> Any:
@@ -141,8 +143,16 @@ def _run_job(spec: dict[str, Any], out: Path, tracker: Any) -> Any:
     except ClientError as e:
         check_output_dir(out)
         return write_failure(out, EXIT_CLIENT, f"ClientError: {e}", write=is_main_process())
-    return run_job(channels, {"output_dir": out, **spec.get("run_options", {})}, overrides=spec["hyperparameters"],
+    return run_job(channels, {**spec.get("run_options", {}), "output_dir": spec["output_dir"]},
+                   overrides=spec["hyperparameters"],
                    tracker=tracker)
+
+
+def local_output(spec: dict[str, Any]) -> Path:
+    """The job's output folder on this host: the folder itself, or the staging folder of an ``s3://`` one."""
+    from openic.train.remote import RemoteOutputs
+
+    return RemoteOutputs.plan(spec["output_dir"], None).output_dir
 
 
 def _failure_text(out: Path) -> str | None:

@@ -24,6 +24,7 @@ from openic.artifacts.model import load_model
 from openic.data.transforms import Augmenter, inference_transform
 from openic.errors import ClientError, DataError, shown
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_image
+from openic.storage.local import local_path
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 NPY_TYPE = "application/x-npy"
@@ -120,7 +121,8 @@ class Predictor:
 
 
 def load(path: str | Path, *, backend: str = "torch", threads: int | None = None) -> Predictor:
-    """Load ``model.tar.gz`` (or its extracted folder) for serving; a damaged or mismatched file fails here.
+    """Load ``model.tar.gz`` (or its extracted folder, or an ``s3://`` URI of either, fetched once into this host's
+    cache) for serving; a damaged or mismatched file fails here.
 
     Args:
         backend: ``torch`` (eager) or ``onnx`` (ONNX Runtime; the export is cached beside the artifact).
@@ -130,7 +132,8 @@ def load(path: str | Path, *, backend: str = "torch", threads: int | None = None
         raise ClientError(f"backend must be torch or onnx, got {shown(backend)}")
     if threads is not None:
         torch.set_num_threads(threads)
-    loaded = load_model(Path(path))
+    path = local_path(path)
+    loaded = load_model(path)
     hp = loaded.hyperparameters
     shape = tuple(int(v) for v in loaded.metadata["image_shape"])
     resize = hp.get("resize")

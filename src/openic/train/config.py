@@ -64,6 +64,9 @@ class TrainConfig:
             raise ClientError("an output directory is required (--output-dir)")
         for name in ("output_dir", "checkpoint_dir", "pretrained"):
             value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("s3://"):  # Path() would fold it into "s3:/..."
+                raise ClientError(f"{flag_name(name)} {value}: training writes local files; an s3:// location is "
+                                  "staged by openic.train.job.run_job (give it in the options mapping)")
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         for f in fields(self):

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,6 +59,7 @@ class JobResult:
     exit_code: int
     result: object | None = None  # openic.train.loop.TrainResult
     failure: str | None = None
+    model_uri: str | None = None  # where model.tar.gz was uploaded, for an s3:// output_dir
 
 
 def resolve_hyperparameters(file: Path | None, overrides: Mapping[str, object]) -> HyperParameters:
@@ -107,11 +108,26 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
     """Run one training job under SageMaker's contract (see the module docstring); never raises for bad input.
 
     ``options`` is a ``TrainConfig`` or its fields as a mapping (``output_dir`` required); a mapping is validated
-    once the output folder is locked, so a bad option is reported in that folder's ``failure`` file.
+    once the output folder is locked, so a bad option is reported in that folder's ``failure`` file. In a mapping,
+    ``output_dir`` and ``checkpoint_dir`` may be ``s3://`` URIs (``openic.train.remote``).
     """
     out = options.output_dir if isinstance(options, TrainConfig) else options.get("output_dir")
     if out is None:
         return JobResult(EXIT_CLIENT, failure="ClientError: an output directory is required (--output-dir)")
+    remote = None
+    if not isinstance(options, TrainConfig):
+        from openic.train.remote import RemoteOutputs
+
+        try:
+            remote = RemoteOutputs.plan(out, options.get("checkpoint_dir"))  # type: ignore[arg-type]
+        except ClientError as e:
+            print(f"ClientError: {e}", file=sys.stderr)
+            return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
+        if remote.remote:
+            out = remote.output_dir
+            options = {**options, "output_dir": out, "checkpoint_dir": remote.checkpoint_dir}
+        else:
+            remote = None
     out = Path(out)  # type: ignore[arg-type]
     main = is_main_process()
     with ExitStack() as held:
@@ -123,7 +139,33 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
             print(f"ClientError: {e}", file=sys.stderr)
             return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
         held.enter_context(_sigterm_raises())
-        return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker, main)
+        if remote is None or not main:
+            return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker, main)
+        return _remote_job(remote, channels, options, hyperparameters_file, overrides or {}, tracker)
+
+
+def _remote_job(remote: object, channels: Mapping[str, object], options: Mapping[str, object],
+                file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None) -> JobResult:
+    """Rank 0 of a job with S3 outputs: S3's checkpoints first, uploads after each epoch and at the end."""
+    from openic.train.remote import RemoteOutputs
+
+    assert isinstance(remote, RemoteOutputs)
+    out = remote.output_dir
+    try:
+        remote.pull()
+    except ClientError as e:
+        return write_failure(out, EXIT_CLIENT, f"ClientError: {e}")
+    job = _guarded(channels, options, out, file, overrides, tracker, True, on_checkpoint=remote.push_checkpoints)
+    why = remote.push_all()
+    if why is not None:
+        if job.exit_code == EXIT_OK:
+            return write_failure(out, EXIT_CLIENT, f"ClientError: {why}")
+        print(why, file=sys.stderr)
+        return job
+    if job.exit_code == EXIT_OK and remote.output_uri:
+        job.model_uri = f"{remote.output_uri}/{Path(job.result.model_path).name}"  # type: ignore[union-attr]
+        print(f"model: {job.model_uri}")
+    return job
 
 
 def is_main_process() -> bool:
@@ -134,7 +176,7 @@ def is_main_process() -> bool:
 
 def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str, object], out: Path,
              file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None,
-             main: bool = True) -> JobResult:
+             main: bool = True, on_checkpoint: Callable[[], None] | None = None) -> JobResult:
     try:  # a stale failure file from an earlier run must go; if it cannot (a folder, no permission), say so
         if main:
             (out / FAILURE).unlink(missing_ok=True)
@@ -148,7 +190,7 @@ def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str,
         hp = resolve_hyperparameters(file, overrides)
         from openic.train.loop import fit  # torch and the data stack load only once the inputs parsed
 
-        result = fit(hp, dict(channels), config, tracker)  # type: ignore[arg-type]
+        result = fit(hp, dict(channels), config, tracker, on_checkpoint=on_checkpoint)  # type: ignore[arg-type]
     except (ClientError, FileNotFoundError) as e:
         return write_failure(out, EXIT_CLIENT, f"ClientError: {e}", write=main)
     except KeyboardInterrupt:

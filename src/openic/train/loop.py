@@ -166,7 +166,7 @@ class TrainResult:
 
 
 def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
-        tracker: Tracker | None = None) -> TrainResult:
+        tracker: Tracker | None = None, on_checkpoint: Callable[[], None] | None = None) -> TrainResult:
     """Train as SageMaker's image-classification algorithm would, writing everything under ``config.output_dir``.
 
     Order: everything that can fail cheaply (device, model channel, pretrained weights, checkpoint of another run)
@@ -178,7 +178,7 @@ def fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     _set_threads(config, world)
     device = distributed.device_for(world, pick_device(config.device))
     with distributed.process_group(world, device):
-        return _fit(hp, channels, config, tracker, world, device)
+        return _fit(hp, channels, config, tracker, world, device, on_checkpoint)
 
 
 def _set_threads(config: TrainConfig, world: distributed.World) -> None:
@@ -191,7 +191,8 @@ def _set_threads(config: TrainConfig, world: distributed.World) -> None:
 
 
 def _fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig, tracker: Tracker | None,
-         world: distributed.World, device: torch.device) -> TrainResult:
+         world: distributed.World, device: torch.device,
+         on_checkpoint: Callable[[], None] | None = None) -> TrainResult:
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -201,7 +202,8 @@ def _fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     optimizer = optim.build_optimizer(hp, model)
     autocast, use_scaler = _autocast(hp, device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    ckpt = Checkpointer(out, hp, writer=world.is_main, checkpoint_dir=config.checkpoint_dir)
+    ckpt = Checkpointer(out, hp, writer=world.is_main, checkpoint_dir=config.checkpoint_dir,
+                        after_save=on_checkpoint)
     run = ckpt.resume(model, optimizer, scaler) if config.resume and world.is_main else RunState()
     if world.distributed:
         run = _follow_rank0(model, optimizer, run)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,8 @@ class Checkpointer:
     and writes nothing; ``checkpoint_dir`` moves ``checkpoints/`` elsewhere (SageMaker's ``/opt/ml/checkpoints``)."""
 
     def __init__(self, out_dir: Path, hp: HyperParameters, *, writer: bool = True,
-                 checkpoint_dir: Path | None = None) -> None:
-        self.out, self.hp, self.writer = out_dir, hp, writer
+                 checkpoint_dir: Path | None = None, after_save: Callable[[], None] | None = None) -> None:
+        self.out, self.hp, self.writer, self.after_save = out_dir, hp, writer, after_save
         self.dir = checkpoint_dir if checkpoint_dir is not None else out_dir / CHECKPOINTS
         self.last = self.dir / "last"
         self.best = self.dir / "best.safetensors"
@@ -119,6 +120,8 @@ class Checkpointer:
             return
         state = {"hyperparameters": self.hp.to_dict(), "run": json.loads(json.dumps(asdict(run)))}
         save_checkpoint(self.last, model=unwrap_model(model), optimizer=optimizer, scaler=scaler, state=state)
+        if self.after_save is not None:  # e.g. mirror the checkpoints to S3 (openic.train.remote)
+            self.after_save()
 
     def write_model(self, run: RunState, model: nn.Module, class_names: list[str] | None) -> Path:
         """``model.tar.gz``: the best epoch's weights, or the last ones plus every periodic checkpoint."""

@@ -1,4 +1,4 @@
-"""Channel locations: a local path, or an ``s3://`` URI copied once into this host's cache (SageMaker's File mode).
+"""Local copies of ``s3://`` locations (SageMaker's File mode): one cache per host, shared by its processes.
 
 The cache is ``OPENIC_S3_CACHE`` or ``~/.cache/openic/s3``; :func:`openic.storage.download_prefix` makes the copy
 resumable and checksummed, and the ranks of one host wait for one download instead of each fetching their own.
@@ -10,12 +10,12 @@ import logging
 import os
 from pathlib import Path
 
-from openic.storage import is_s3
+from openic.storage.uri import is_s3
 
 log = logging.getLogger(__name__)
 
 
-def s3_cache_root() -> Path:
+def cache_root() -> Path:
     return Path(os.environ.get("OPENIC_S3_CACHE") or Path.home() / ".cache" / "openic" / "s3")
 
 
@@ -26,6 +26,6 @@ def local_path(value: str | os.PathLike[str]) -> Path:
         return Path(value)
     from openic.storage import download_prefix
 
-    local = download_prefix(str(value), s3_cache_root())
+    local = download_prefix(str(value), cache_root())
     log.info("%s is in the local cache at %s", value, local)
     return local
