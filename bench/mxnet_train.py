@@ -41,7 +41,8 @@ def _unit(x, filters, stride, first, name, bottleneck):
     return r + shortcut
 
 
-TABLE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+TABLE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3],
+         200: [3, 24, 36, 3]}
 
 
 def build_symbol(num_layers: int, num_classes: int, image_shape: tuple[int, int, int]):

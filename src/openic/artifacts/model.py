@@ -33,6 +33,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from openic import __version__
+from openic.artifacts import mxnet_import
 from openic.artifacts.state_dict import check_state_fits, clean_state_dict, unwrap_model
 from openic.errors import ClientError, shown
 from openic.fileio import atomic_path, os_reason
@@ -53,7 +54,6 @@ SHAPES = "model-shapes.json"
 HYPERPARAMS = "hyperparameters.json"
 CLASSES = "classes.json"
 METADATA = "metadata.json"
-MXNET_SYMBOL = "image-classification-symbol.json"
 JSON_LIMIT = 16 * MiB  # metadata, hyperparameters, classes, shapes: kilobytes in practice
 EXTRACT_LIMIT = 64 * 1024 * MiB  # safe_extract's default total: ResNet-200 weights (~260 MB) with 250 checkpoints
 _HEADER_BYTES = 1 * MiB  # a safetensors header beyond one JSON entry per tensor (__metadata__, padding)
@@ -124,38 +124,43 @@ def _weights_bytes(state: Mapping[str, Tensor]) -> bytes:
     return st_save(clean_state_dict(state))
 
 
-def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: int,
+def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters | Mapping[str, str], *, epoch: int,
                class_names: list[str] | None = None,
                checkpoints: Mapping[int, Mapping[str, Tensor] | Path] | None = None,
-               metrics: Mapping[str, float] | None = None) -> Path:
+               metrics: Mapping[str, float] | None = None, extra_metadata: Mapping[str, Any] | None = None,
+               filename: str = MODEL_ARCHIVE) -> Path:
     """Write ``out_dir/model.tar.gz``: weights, shapes, resolved hyperparameters, classes, metadata.
 
     Args:
+        hp: the resolved hyperparameters, or (for an imported model, whose training settings are unknown) the
+            string map of those that are known; num_layers, num_classes and image_shape are required either way.
         epoch: 0-based epoch the weights come from (MXNet's ``Epoch[k]``).
         checkpoints: per-epoch weights kept by ``checkpoint_frequency`` (state dicts, or safetensors files that
             are copied as they are, one at a time); each becomes ``image-classification-%04d.safetensors``
             numbered epoch + 1.
         metrics: final metrics (for example ``validation:accuracy``) recorded in ``metadata.json``.
+        extra_metadata: more ``metadata.json`` fields (where an imported model came from).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    c, h, w = parse_image_shape(hp.image_shape)
-    num_classes = int(hp.num_classes)
+    strings = hp.to_strings() if hasattr(hp, "to_strings") else dict(hp)
+    c, h, w = parse_image_shape(strings["image_shape"])
+    num_classes = int(strings["num_classes"])
     if class_names is not None and len(class_names) != num_classes:
         raise ClientError(f"{len(class_names)} class names given for num_classes={num_classes}")
     checkpoints = dict(checkpoints or {})
     metadata = {
         "format": "openic-model", "format_version": FORMAT_VERSION,
         "openic_version": __version__,
-        "torch_version": torch.__version__, "git_sha": _git_sha(), "num_layers": int(hp.num_layers),
+        "torch_version": torch.__version__, "git_sha": _git_sha(), "num_layers": int(strings["num_layers"]),
         "num_classes": num_classes, "image_shape": [c, h, w], "epoch": int(epoch), "metrics": _finite_or_none(metrics),
         "input": INPUT_SPEC, "weights": WEIGHTS,
         "checkpoints": {str(int(e)): checkpoint_name(int(e)) for e in sorted(checkpoints)},
-    }
+    } | dict(extra_metadata or {})
     members: dict[str, Callable[[], bytes]] = {
         WEIGHTS: functools.partial(_weights_bytes, unwrap_model(model).state_dict()),
         SHAPES: lambda: json.dumps([{"name": "data", "shape": [1, c, h, w]}]).encode(),
-        HYPERPARAMS: functools.partial(_json_bytes, hp.to_strings()),
+        HYPERPARAMS: functools.partial(_json_bytes, strings),
         METADATA: functools.partial(_json_bytes, metadata),
     }
     if class_names is not None:
@@ -163,7 +168,7 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters, *, epoch: i
     for e, state in checkpoints.items():
         members[checkpoint_name(int(e))] = (state.read_bytes if isinstance(state, Path)
                                             else functools.partial(_weights_bytes, state))
-    dest = out_dir / MODEL_ARCHIVE
+    dest = out_dir / filename
     _write_tar_gz(dest, members)
     logger.info("saved model (epoch %d, %d checkpoints) to %s", epoch, len(checkpoints), dest)
     return dest
@@ -270,11 +275,10 @@ def _parse_metadata(source: str, raw: Any) -> dict[str, Any]:
 
 
 def _metadata(art: _Artifact) -> dict[str, Any]:
+    """metadata.json, or for SageMaker's own (MXNet) artifacts the same fields derived from the symbol and shapes."""
     if METADATA not in art.names:
-        if MXNET_SYMBOL in art.names:
-            raise ClientError(f"{art.source}: this is a SageMaker/MXNet model ({MXNET_SYMBOL}, .params), not an "
-                              f"openic artifact ({METADATA} + {WEIGHTS}); importing SageMaker/MXNet artifacts is not "
-                              f"supported yet")
+        if mxnet_import.is_mxnet(art.names):
+            return mxnet_import.read_metadata(art) | {"input": INPUT_SPEC}
         raise ClientError(f"{art.source}: {METADATA} is missing (found: {', '.join(art.names) or 'no files'})")
     return _parse_metadata(art.source, art.json(METADATA))
 
@@ -345,14 +349,17 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", checkpoint_epo
     weights = WEIGHTS if checkpoint_epoch is None else checkpoint_name(checkpoint_epoch)
     with _Artifact(Path(path)) as art:
         meta = _metadata(art)
-        hyper = _hyperparameters(art)
+        hyper = _hyperparameters(art) or meta.get("hyperparameters", {})
         class_names = _class_names(art, meta["num_classes"])
-        if weights not in art.names:
+        if meta.get("format") == mxnet_import.FORMAT:
+            state = mxnet_import.read_state(art, meta, checkpoint_epoch)
+        elif weights not in art.names:
             stored = sorted(int(m.group(1)) - 1 for n in art.names if (m := _CHECKPOINT_RE.fullmatch(n)))
             what = "final weights" if checkpoint_epoch is None else f"checkpoint of epoch {checkpoint_epoch}"
             raise ClientError(f"{art.source}: {weights} is missing, so there are no {what} (checkpoint epochs "
                               f"stored: {stored or 'none'})")
-        state = _read_weights(art, weights, meta)
+        else:
+            state = _read_weights(art, weights, meta)
     model = create_model(meta["num_layers"], meta["num_classes"], tuple(meta["image_shape"]))
     model.load_state_dict(state, strict=True)
     return LoadedModel(model=model.to(device).eval(), metadata=meta, class_names=class_names, hyperparameters=hyper)

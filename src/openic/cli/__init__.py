@@ -16,7 +16,7 @@ from openic.errors import ClientError
 
 # Listed explicitly (no import-time registration): the order is the order in --help.
 _COMMAND_MODULES = ("openic.cli.rec", "openic.cli.im2rec", "openic.cli.datasets", "openic.cli.train", "openic.cli.runs",
-                    "openic.cli.serve", "openic.cli.transform", "openic.cli.jobs")
+                    "openic.cli.serve", "openic.cli.transform", "openic.cli.jobs", "openic.cli.models")
 
 
 def build_parser() -> argparse.ArgumentParser:
