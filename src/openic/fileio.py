@@ -158,3 +158,8 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def openic_home() -> Path:
+    """Where openic keeps per-user state (jobs, endpoint logs, pretrained weights): ``$OPENIC_HOME`` or ~/.openic."""
+    return Path(os.environ.get("OPENIC_HOME") or Path.home() / ".openic")

@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
+from openic.artifacts.extract import safe_extract
 from openic.artifacts.model import (
     MODEL_ARCHIVE,
     LoadedModel,
     checkpoint_name,
     load_model,
     read_model_metadata,
-    safe_extract,
     save_model,
 )
 from openic.artifacts.resume import load_checkpoint, save_checkpoint

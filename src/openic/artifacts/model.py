@@ -13,14 +13,10 @@ import gzip
 import io
 import json
 import logging
-import lzma
 import math
-import os
 import re
-import shutil
 import subprocess
 import tarfile
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +30,11 @@ from torch import Tensor, nn
 
 from openic import __version__
 from openic.artifacts import mxnet_import
+from openic.artifacts.extract import READ_ERRORS
 from openic.artifacts.state_dict import check_state_fits, clean_state_dict, unwrap_model
 from openic.errors import ClientError, shown
 from openic.fileio import atomic_path, os_reason
-from openic.formats.tar import MiB, check_member, check_size, member_name, read_file, read_member
+from openic.formats.tar import MiB, check_member, member_name, read_file, read_member
 from openic.hyperparams import parse_image_shape, sagemaker_string
 from openic.models.depths import DEPTHS
 from openic.models.resnet import create_model
@@ -55,11 +52,8 @@ HYPERPARAMS = "hyperparameters.json"
 CLASSES = "classes.json"
 METADATA = "metadata.json"
 JSON_LIMIT = 16 * MiB  # metadata, hyperparameters, classes, shapes: kilobytes in practice
-EXTRACT_LIMIT = 64 * 1024 * MiB  # safe_extract's default total: ResNet-200 weights (~260 MB) with 250 checkpoints
 _HEADER_BYTES = 1 * MiB  # a safetensors header beyond one JSON entry per tensor (__metadata__, padding)
 _HEADER_BYTES_PER_TENSOR = 1024  # one '"name":{"dtype":..,"shape":[..],"data_offsets":[..]}' entry is ~120 bytes
-# what a damaged or truncated archive raises while tarfile reads it (gzip, bzip2 and xz streams)
-_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 _CHECKPOINT_RE = re.compile(r"image-classification-(\d{4,})\.safetensors")
 # What the network expects: SageMaker's network normalises inside (bn_data), so callers feed raw pixels.
 INPUT_SPEC: dict[str, Any] = {
@@ -200,7 +194,7 @@ class _Artifact:
                 check_member(m, self.source)
                 if m.isfile():
                     self._members[member_name(m)] = m
-        except _READ_ERRORS as e:
+        except READ_ERRORS as e:
             self.close()
             reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__  # tarfile lists each method
             raise ClientError(f"{path}: not a readable model.tar.gz or model directory ({reason})") from e
@@ -219,7 +213,7 @@ class _Artifact:
         assert self._tar is not None
         try:
             return read_member(self._tar, self._members[name], self.source, limit)
-        except _READ_ERRORS as e:
+        except READ_ERRORS as e:
             raise ClientError(f"{self.source}: member {name!r} cannot be read (damaged archive?): {e}") from e
 
     def json(self, name: str) -> Any:
@@ -365,35 +359,16 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", checkpoint_epo
     return LoadedModel(model=model.to(device).eval(), metadata=meta, class_names=class_names, hyperparameters=hyper)
 
 
-def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int = EXTRACT_LIMIT) -> list[Path]:
-    """Extract an archive into ``dest``, refusing (before writing anything) members that would escape it.
+def load_mxnet_weights(path: Path, image_shape: tuple[int, int, int],
+                       prefix: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Metadata and openic weights of an MXNet checkpoint for this input shape: a SageMaker artifact, or a folder
+    of ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` such as MXNet's ImageNet models (no ``model-shapes.json``)."""
+    with _Artifact(Path(path)) as art:
+        meta = mxnet_import.read_metadata(art, image_shape, prefix)
+        return meta, mxnet_import.read_state(art, meta)
 
-    Args:
-        max_bytes: most bytes the regular members may declare in total (so any one of them, too); the free space
-            of ``dest``'s file system bounds them as well, so a small gzip stream cannot fill the disk.
 
-    Returns the extracted paths in archive order.
-    """
-    tar_path, dest = Path(tar_path), Path(dest)
-    if not tar_path.is_file():
-        raise FileNotFoundError(f"archive not found: {tar_path}")
-    dest.mkdir(parents=True, exist_ok=True)
-    root = os.path.realpath(dest)
-    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    try:
-        with tarfile.open(tar_path, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                check_member(m, tar_path, root)
-                check_size(m.size, max_bytes, f"{tar_path}: member {m.name!r}")
-            total = sum(m.size for m in members if m.isfile())
-            check_size(total, max_bytes, f"{tar_path}: the archive")
-            free = shutil.disk_usage(root).free
-            if total > free:
-                raise ClientError(f"{tar_path}: members declare {total:,} bytes but {root} has {free:,} free")
-            for m in members:
-                check_member(m, tar_path, root)  # again: links extracted so far may redirect paths
-                tar.extract(m, root, **extra)
-    except _READ_ERRORS as e:
-        raise ClientError(f"{tar_path}: cannot extract ({e})") from e
-    return [Path(root, m.name) for m in members]
+def artifact_format(path: Path) -> str:
+    """``openic-model``, or ``sagemaker-mxnet`` for SageMaker's own artifacts and MXNet checkpoints (listing only)."""
+    with _Artifact(Path(path)) as art:
+        return mxnet_import.FORMAT if METADATA not in art.names and mxnet_import.is_mxnet(art.names) else "openic-model"

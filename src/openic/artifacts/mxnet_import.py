@@ -31,7 +31,7 @@ from openic.models.resnet import create_model, mxnet_name_map
 FORMAT = "sagemaker-mxnet"
 SYMBOL_SUFFIX = "-symbol.json"
 SHAPES = "model-shapes.json"
-_PARAMS_RE = re.compile(r"(.+)-(\d{4,})\.params")
+PARAMS_RE = re.compile(r"(.+)-(\d{4,})\.params")
 _BN_DATA_GAMMA = "bn_data.weight"  # fix_gamma=True: MXNet's forward uses 1 whatever the file stores
 
 
@@ -61,14 +61,16 @@ def is_mxnet(names: list[str]) -> bool:
     return any(n.endswith(SYMBOL_SUFFIX) for n in names)
 
 
-def find_files(names: list[str], source: str) -> MXNetFiles:
-    """``PREFIX-symbol.json`` and every ``PREFIX-NNNN.params`` of a listing; one prefix only, so nothing is guessed."""
-    symbols = [n for n in names if n.endswith(SYMBOL_SUFFIX)]
+def find_files(names: list[str], source: str, prefix: str | None = None) -> MXNetFiles:
+    """``PREFIX-symbol.json`` and every ``PREFIX-NNNN.params`` of a listing; without ``prefix`` the listing must
+    hold one symbol only, so nothing is guessed."""
+    symbols = [n for n in names if n.endswith(SYMBOL_SUFFIX) and (prefix is None or n == prefix + SYMBOL_SUFFIX)]
     if len(symbols) != 1:
-        raise ClientError(f"{source}: expected one MXNet *{SYMBOL_SUFFIX}, found {len(symbols)}: "
-                          f"{', '.join(symbols) or 'none'}")
+        wanted = f"{prefix}{SYMBOL_SUFFIX}" if prefix else f"one MXNet *{SYMBOL_SUFFIX}"
+        found = [n for n in names if n.endswith(SYMBOL_SUFFIX)]
+        raise ClientError(f"{source}: expected {wanted}, found {len(found)}: {', '.join(found) or 'none'}")
     prefix = symbols[0][:-len(SYMBOL_SUFFIX)]
-    params = {int(m.group(2)): n for n in names if (m := _PARAMS_RE.fullmatch(n)) and m.group(1) == prefix}
+    params = {int(m.group(2)): n for n in names if (m := PARAMS_RE.fullmatch(n)) and m.group(1) == prefix}
     if not params:
         found = [n for n in names if n.endswith(".params")]
         raise ClientError(f"{source}: {symbols[0]} has no {prefix}-NNNN.params beside it (.params files found: "
@@ -102,13 +104,15 @@ def _depth(graph: ResNetGraph, source: str) -> int:
                       f"widths {list(graph.widths)}) is not a depth openic builds (supported: {supported})")
 
 
-def read_metadata(art: ArtifactReader, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+def read_metadata(art: ArtifactReader, image_shape: tuple[int, int, int] | None = None,
+                  prefix: str | None = None) -> dict[str, Any]:
     """The metadata openic keeps for its own artifacts, derived from the symbol and ``model-shapes.json``.
 
     Args:
         image_shape: the input shape when the checkpoint has no ``model-shapes.json`` (MXNet's ImageNet models).
+        prefix: which checkpoint of a folder holding several (``resnet-50`` of ``resnet-50-symbol.json``).
     """
-    files = find_files(art.names, art.source)
+    files = find_files(art.names, art.source, prefix)
     where = f"{art.source}: {files.symbol}"
     graph = resnet_graph(parse_symbol(art.json(files.symbol), where), where)
     num_layers = _depth(graph, where)
@@ -127,14 +131,14 @@ def read_metadata(art: ArtifactReader, image_shape: tuple[int, int, int] | None 
             "hyperparameters": hyper}
 
 
-def _params_file(files: MXNetFiles, epoch: int | None, source: str) -> str:
+def _params_file(meta: dict[str, Any], epoch: int | None, source: str) -> str:
     if epoch is None:
-        return files.params[files.last]
-    if epoch + 1 not in files.params:
-        stored = sorted(n - 1 for n in files.params if n >= 1)
+        return meta["mxnet"]["params"]
+    if str(epoch) not in meta["checkpoints"]:
+        stored = sorted(int(e) for e in meta["checkpoints"])
         raise ClientError(f"{source}: no checkpoint of epoch {epoch} (its file would be numbered {epoch + 1:04d}; "
                           f"epochs stored: {stored or 'none'})")
-    return files.params[epoch + 1]
+    return meta["checkpoints"][str(epoch)]
 
 
 def _as_tensor(name: str, array: np.ndarray, want: tuple[int, ...], where: str) -> Tensor:
@@ -147,13 +151,13 @@ def _as_tensor(name: str, array: np.ndarray, want: tuple[int, ...], where: str) 
 
 
 def read_state(art: ArtifactReader, meta: dict[str, Any], epoch: int | None = None) -> dict[str, Tensor]:
-    """openic state dict from the ``.params`` of the last (or the given 0-based) epoch, checked name by name.
+    """openic state dict from the ``.params`` of the last (or the given 0-based) epoch of :func:`read_metadata`'s
+    ``meta``, checked name by name.
 
     The file is read only up to the size the described network needs (float64 weights, plus headers), so a
     damaged or hostile archive cannot make this allocate more.
     """
-    files = find_files(art.names, art.source)
-    name = _params_file(files, epoch, art.source)
+    name = _params_file(meta, epoch, art.source)
     where = f"{art.source}: {name}"
     with torch.device("meta"):  # names and shapes only: nothing is allocated before the file is found to fit
         model = create_model(meta["num_layers"], meta["num_classes"], tuple(meta["image_shape"]))
@@ -170,6 +174,10 @@ def read_state(art: ArtifactReader, meta: dict[str, Any], epoch: int | None = No
                  for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
         raise ClientError(f"{where}: the arrays do not match ResNet-{meta['num_layers']} as the symbol describes it: "
                           f"{'; '.join(parts)}")
+    conv0 = arrays["conv0_weight"]
+    if conv0.ndim == 4 and conv0.shape[1] != meta["image_shape"][0]:
+        raise ClientError(f"{where}: the weights take {conv0.shape[1]}-channel images (conv0_weight {conv0.shape}), "
+                          f"but the image shape is {','.join(map(str, meta['image_shape']))}")
     state = {key: _as_tensor(mx, arrays[mx], tuple(expected[key].shape), where) for mx, key in names.items()}
     state[_BN_DATA_GAMMA] = torch.ones_like(state[_BN_DATA_GAMMA])
     for key in expected:

@@ -1,7 +1,7 @@
 """Resumable HTTP downloads with a checksum, for the data set commands (stdlib ``urllib`` only).
 
 Bytes go to ``NAME.part``; a later run continues it with an HTTP ``Range`` request (and starts over when the
-server ignores the range). Only a file that passed its md5 and ``verify`` check is renamed to ``NAME``, so a
+server ignores the range). Only a file that passed its checksum and ``verify`` check is renamed to ``NAME``, so a
 file under its final name is always complete.
 """
 
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # read size, bytes
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in chunks (files here run to hundreds of megabytes)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
@@ -40,6 +41,7 @@ def download(
     dest: str | os.PathLike[str],
     *,
     md5: str | None = None,
+    sha256: str | None = None,
     verify: Callable[[Path], None] | None = None,
     progress: bool = True,
     timeout: float = 60.0,
@@ -47,29 +49,31 @@ def download(
     """Fetch ``url`` to ``dest``, resumably, and rename it into place only once it is checked.
 
     Bytes go to ``dest.part``; a re-run continues it with an HTTP ``Range`` request (and starts over if the
-    server ignores the range). The finished file must match ``md5`` and pass ``verify`` (which raises
-    ``DataError``); otherwise it is deleted. An existing ``dest`` is re-used when it matches ``md5`` (always
-    when no md5 is given: it was checked before it got its name).
+    server ignores the range). The finished file must match ``md5`` / ``sha256`` and pass ``verify`` (which
+    raises ``DataError``); otherwise it is deleted. An existing ``dest`` is re-used when it matches them (always
+    when none is given: it was checked before it got its name).
 
     Raises:
         ClientError: an HTTP error (naming the URL and status), a network error, or an interrupted transfer.
-        DataError: md5 mismatch (expected vs got) or a failed ``verify``; the bad file is deleted.
+        DataError: md5/sha256 mismatch (expected vs got) or a failed ``verify``; the bad file is deleted.
     """
     dest = Path(dest)
+    expected = [(name, digest.lower()) for name, digest in (("md5", md5), ("sha256", sha256)) if digest]
     if dest.is_file():
-        if md5 is None or _md5(dest) == md5:
+        if all(file_digest(dest, name) == digest for name, digest in expected):
             log.info("re-using %s", dest)
             return dest
-        log.warning("%s does not match md5 %s; downloading it again", dest, md5)
+        log.warning("%s does not match its %s; downloading it again", dest, " / ".join(n for n, _ in expected))
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = Path(f"{dest}.part")
     _fetch(url, part, progress, timeout)
     try:
-        if md5 is not None:
-            got = _md5(part)
-            if got != md5:
-                raise DataError(f"{url}: md5 mismatch: expected {md5}, got {got}; deleted the download, run again")
+        for name, digest in expected:
+            got = file_digest(part, name)
+            if got != digest:
+                raise DataError(f"{url}: {name} mismatch: expected {digest}, got {got}; deleted the download, "
+                                "run again")
         if verify is not None:
             verify(part)
     except DataError:

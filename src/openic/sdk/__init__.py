@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from openic.sdk.estimator import Estimator, TrainingJob, UnexpectedStatusException
 from openic.sdk.inputs import TrainingInput, s3_input
+from openic.sdk.model import Model
 from openic.sdk.predictor import ModelError, Predictor
 
-__all__ = ["Estimator", "ModelError", "Predictor", "TrainingInput", "TrainingJob", "UnexpectedStatusException",
+__all__ = ["Estimator", "Model", "ModelError", "Predictor", "TrainingInput", "TrainingJob", "UnexpectedStatusException",
            "s3_input"]

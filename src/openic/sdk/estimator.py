@@ -161,15 +161,11 @@ class Estimator:
     def deploy(self, initial_instance_count: int = 1, instance_type: str | None = None, serializer: Any = None,
                deserializer: Any = None, endpoint_name: str | None = None, **kwargs: Any) -> Any:
         """Serve the trained model with a real ``openic serve`` child on a free local port."""
-        from openic.sdk.predictor import start_endpoint
+        from openic.sdk.predictor import check_deploy, start_endpoint
 
         if self.latest_training_job is None:
             raise ClientError("deploy() needs a trained model: call fit() first (or Estimator.attach(job_name))")
-        if instance_type is not None:
-            device_for(instance_type)
-        if initial_instance_count != 1:
-            raise ClientError(f"initial_instance_count {shown(initial_instance_count)}: one local endpoint process "
-                              "serves each deploy(); use openic serve --workers N for more processes")
+        check_deploy(initial_instance_count, instance_type)
         return start_endpoint(self.model_data, endpoint_name or self.latest_training_job.name, serializer,
                               deserializer, **kwargs)
 

@@ -19,15 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from openic.errors import ClientError, shown
-from openic.fileio import atomic_write_text
+from openic.fileio import atomic_write_text, openic_home
 
 STATUSES = ("InProgress", "Completed", "Failed", "Stopped")
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's TrainingJobName pattern, 1..63 chars
 BASE_JOB_NAME = "image-classification"
-
-
-def openic_home() -> Path:
-    return Path(os.environ.get("OPENIC_HOME") or Path.home() / ".openic")
 
 
 def jobs_dir() -> Path:

@@ -2,7 +2,8 @@
 
 ``predict(data, initial_args={"ContentType": ..., "Accept": ...})`` posts to the endpoint's ``/invocations`` and
 returns the body as bytes (SageMaker v2's default), or what the ``deserializer`` makes of it. Endpoints live as
-long as this interpreter: ``delete_endpoint()`` stops one, and the rest stop at exit.
+long as this interpreter: ``delete_endpoint()`` stops one, and the rest stop at exit. Each endpoint's server log
+is ``$OPENIC_HOME/endpoints/NAME.log`` (``~/.openic`` by default).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from openic.errors import ClientError
+from openic.errors import ClientError, shown
 from openic.sdk.serde import IdentitySerializer
 from openic.storage.local import local_path
 
@@ -41,9 +41,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_deploy(initial_instance_count: object, instance_type: object) -> None:
+    """``deploy()``'s arguments as SageMaker takes them, refused where one local process cannot honour them."""
+    from openic.sdk.instances import device_for
+
+    if instance_type is not None:
+        device_for(instance_type)
+    if initial_instance_count != 1:
+        raise ClientError(f"initial_instance_count {shown(initial_instance_count)}: one local endpoint process "
+                          "serves each deploy(); use openic serve --workers N for more processes")
+
+
 def start_endpoint(model_data: str, endpoint_name: str, serializer: Any = None, deserializer: Any = None,
                    **options: Any) -> Predictor:
     """Start ``openic serve`` for ``model_data`` and wait for ``/ping``; a name in use is refused."""
+    from openic.sdk.jobs import check_job_name, openic_home
+
+    check_job_name(endpoint_name)  # SageMaker's rule for endpoint names too; it names the log file
     if endpoint_name in _ENDPOINTS and _ENDPOINTS[endpoint_name][0].poll() is None:
         raise ClientError(f"an endpoint named {endpoint_name!r} is already running; delete_endpoint() it first "
                           "or pass endpoint_name=")
@@ -53,7 +67,9 @@ def start_endpoint(model_data: str, endpoint_name: str, serializer: Any = None, 
     for key in ("backend", "preprocess", "workers"):
         if key in options:
             argv += [f"--{key}", str(options[key])]
-    log = open(Path(model_data).parent / f"endpoint-{endpoint_name}.log", "ab")  # noqa: SIM115 - kept by the child
+    logs = openic_home() / "endpoints"  # not beside the model: it may sit in a read-only folder
+    logs.mkdir(parents=True, exist_ok=True)
+    log = open(logs / f"{endpoint_name}.log", "ab")  # noqa: SIM115 - kept by the child
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     log.close()
     url = f"http://127.0.0.1:{port}"

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from openic.artifacts import load_model, read_model_metadata
+from openic.artifacts import load_model, mxnet_import, pretrained, read_model_metadata
+from openic.artifacts.model import artifact_format, load_mxnet_weights
 from openic.artifacts.state_dict import load_weights_file
 from openic.data.loader import BatchStream, cache_images
 from openic.data.sources import Channel, Source, open_channel
@@ -145,21 +146,47 @@ def _load_incremental(model: nn.Module, hp: HyperParameters, path: Path) -> None
     log.info("Loaded the model channel for incremental training: %s", path)
 
 
-def _load_pretrained(model: nn.Module, hp: HyperParameters, source: Path | None) -> None:
-    """Copy every matching tensor of an openic artifact / safetensors file except the classifier."""
-    if source is None:
-        raise ClientError(
-            "use_pretrained_model=1 needs ImageNet weights, and openic downloads nothing at run time: pass "
-            "--pretrained PATH (an openic model.tar.gz / model directory / .safetensors file of the same num_layers "
-            "and image channels) or set OPENIC_PRETRAINED_DIR to a folder holding resnet<num_layers>.safetensors")
-    if source.is_dir() and not (source / "model.safetensors").exists():
-        source = source / f"resnet{hp.num_layers}.safetensors"
+def _pretrained_state(hp: HyperParameters, source: Path) -> dict[str, torch.Tensor]:
+    """The weights of ``source``: openic artifact / folder / .safetensors, or an MXNet checkpoint (SageMaker's
+    artifact, MXNet's published ``resnet-N-symbol.json`` + ``resnet-N-0000.params``, a folder holding several)."""
+    if source.is_file() and source.suffix == ".params":
+        match = mxnet_import.PARAMS_RE.fullmatch(source.name)
+        if not match:
+            raise ClientError(f"pretrained weights {source}: an MXNet checkpoint file is named PREFIX-NNNN.params "
+                              f"(e.g. resnet-{hp.num_layers}-0000.params) with PREFIX-symbol.json beside it")
+        source, prefix = source.parent, match.group(1)
+    elif source.is_dir() and (source / f"resnet-{hp.num_layers}{mxnet_import.SYMBOL_SUFFIX}").is_file():
+        prefix = f"resnet-{hp.num_layers}"
+    elif source.is_dir() and not (source / "model.safetensors").exists() and \
+            not mxnet_import.is_mxnet([p.name for p in source.iterdir()]):
+        source, prefix = source / f"resnet{hp.num_layers}.safetensors", None
+    else:
+        prefix = None
     if not source.exists():
         raise FileNotFoundError(f"pretrained weights not found: {source}")
     if source.suffix == ".safetensors":
-        state = load_weights_file(source)
-    else:
-        state = load_model(source).model.state_dict()
+        return load_weights_file(source)
+    if prefix is not None or artifact_format(source) == mxnet_import.FORMAT:
+        meta, state = load_mxnet_weights(source, hp.image_shape, prefix)
+        if meta["num_layers"] != hp.num_layers:
+            raise ClientError(f"pretrained weights {source} are ResNet-{meta['num_layers']}, but num_layers is "
+                              f"{hp.num_layers}")
+        return state
+    return load_model(source).model.state_dict()
+
+
+def _load_pretrained(model: nn.Module, hp: HyperParameters, source: Path | None) -> None:
+    """Copy every matching tensor of the pretrained weights except the classifier (fc1 is trained afresh)."""
+    downloaded = pretrained.default_dir()
+    if source is None and (downloaded / f"resnet-{hp.num_layers}{mxnet_import.SYMBOL_SUFFIX}").is_file():
+        source = downloaded  # where `openic pretrained download` put them
+    if source is None:
+        raise ClientError(
+            "use_pretrained_model=1 needs ImageNet weights, and openic downloads nothing at run time: pass "
+            "--pretrained PATH (MXNet's resnet-N-symbol.json + resnet-N-0000.params as `openic pretrained download "
+            "resnet-N` fetches them, an openic model.tar.gz / model directory / .safetensors file of the same "
+            "num_layers and image channels) or set OPENIC_PRETRAINED_DIR to a folder holding them")
+    state = _pretrained_state(hp, source)
     own = model.state_dict()
     skipped = [k for k in own if k.startswith("fc1.")]
     usable = {k: v for k, v in state.items() if k in own and not k.startswith("fc1.") and v.shape == own[k].shape}
