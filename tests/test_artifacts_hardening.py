@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file as st_save_file
 
+import openic.artifacts.extract as extract
 import openic.artifacts.model as artifacts
 from openic.artifacts import load_checkpoint, load_model, read_model_metadata, safe_extract, save_checkpoint, save_model
 from openic.errors import ClientError, DataError
@@ -194,7 +195,7 @@ def test_safe_extract_bounds_what_it_writes(tmp_path, monkeypatch):
     both = write_tar(tmp_path / "two.tar.gz", {"a": 10 * MiB, "b": 10 * MiB})
     with pytest.raises(ClientError, match=r"the archive declares 20,971,520 bytes"):
         safe_extract(both, tmp_path / "out", max_bytes=16 * MiB)
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(ClientError, match=r"declare 20,971,521 bytes but .* has 1,000 free"):
         safe_extract(write_tar(tmp_path / "c.tar.gz", {"a": 10 * MiB, "b": 10 * MiB + 1}), tmp_path / "out")
     assert not list((tmp_path / "out").iterdir())

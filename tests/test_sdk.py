@@ -105,7 +105,6 @@ def test_v1_names_warn_and_work(tmp_path):
     ({"instance_count": 1000}, "instance_count 1000"),
     ({"image_uri": "xgboost:1"}, "image-classification"),
     ({"trian_instance_count": 1}, "trian_instance_count"),
-    ({"output_path": "s3://bucket/out"}, "S3"),
 ])
 def test_bad_estimator_arguments(kwargs, says):
     with pytest.raises(ClientError, match=says):
