@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mxnet_train import build_symbol  # noqa: E402
 
 # name: (num_layers, (C, H, W), classes, epochs-count in the file name, stored bn_data_gamma or None)
+MULTI_LABEL = {"resnet20_3x28x28_c6_multilabel"}  # LogisticRegressionOutput head: independent sigmoids
 MODELS = {
+    "resnet20_3x28x28_c6_multilabel": (20, (3, 28, 28), 6, 2, None),
     "resnet20_1x28x28_c3": (20, (1, 28, 28), 3, 1, None),
     "resnet32_3x28x28_c5": (32, (3, 28, 28), 5, 12, 0.05),
     "resnet56_3x24x24_c10": (56, (3, 24, 24), 10, 3, None),
@@ -40,10 +42,17 @@ MODELS = {
 BATCH = 8
 
 
-def _gather_statistics(sym, shape, classes: int, rng: np.random.Generator):
+def _multi_label(sym):
+    """The same network with a sigmoid head, as for multi-hot labels."""
+    fc1 = sym.get_internals()["fc1_output"]
+    return mx.sym.LogisticRegressionOutput(fc1, name="softmax")
+
+
+def _gather_statistics(sym, shape, classes: int, rng: np.random.Generator, multi: bool):
     """Xavier weights, random BN gamma/beta, then MXNet's own moving statistics from training-mode passes."""
+    labels = (BATCH, classes) if multi else (BATCH,)
     mod = mx.mod.Module(sym, data_names=("data",), label_names=("softmax_label",), context=mx.cpu())
-    mod.bind(data_shapes=[("data", (BATCH, *shape))], label_shapes=[("softmax_label", (BATCH,))], for_training=True)
+    mod.bind(data_shapes=[("data", (BATCH, *shape))], label_shapes=[("softmax_label", labels)], for_training=True)
     mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     args, auxs = mod.get_params()
     for name, arr in args.items():
@@ -55,7 +64,7 @@ def _gather_statistics(sym, shape, classes: int, rng: np.random.Generator):
     mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.0})  # weights stay as they are
     for _ in range(40):  # momentum 0.9: 0.9**40 leaves 1.5% of the initial statistics
         data = mx.nd.array(rng.integers(0, 256, (BATCH, *shape)).astype(np.float32))
-        label = mx.nd.array(rng.integers(0, classes, BATCH).astype(np.float32))
+        label = mx.nd.array(rng.integers(0, 2, labels) if multi else rng.integers(0, classes, BATCH)).astype("float32")
         mod.forward(mx.io.DataBatch([data], [label]), is_train=True)
         mod.backward()  # MXNet's BatchNorm writes its moving statistics in the backward pass
         mod.update()
@@ -67,8 +76,9 @@ def make(name: str, out: Path, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    sym = build_symbol(num_layers, classes, shape)
-    args, auxs = _gather_statistics(sym, shape, classes, rng)
+    multi = name in MULTI_LABEL
+    sym = _multi_label(build_symbol(num_layers, classes, shape)) if multi else build_symbol(num_layers, classes, shape)
+    args, auxs = _gather_statistics(sym, shape, classes, rng, multi)
     if gamma is not None:
         args["bn_data_gamma"][:] = gamma  # fix_gamma: MXNet ignores it, so must the importer
     prefix = str(folder / "image-classification")

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ from openic.formats.images import encode_image
 from openic.serving.handler import NPY_TYPE, decode, load
 
 MODELS = FIXTURES / "mxnet_models"
-FOLDERS = sorted(d for d in MODELS.iterdir() if (d / "model.tar.gz").is_file() and (d / "probs.npy").is_file())
+GENERATED = Path(__file__).parent / "data" / "mxnet_generated"  # untrained, MXNet-written: gray, multi-label, ...
+FOLDERS = sorted(d for root in (MODELS, GENERATED) for d in root.iterdir()
+                 if (d / "model.tar.gz").is_file() and (d / "probs.npy").is_file())
 R20 = MODELS / "resnet20_3x28x28_c10"
 PARAMS = "image-classification-0001.params"
 
@@ -42,10 +45,11 @@ def _served(path, inputs: np.ndarray) -> np.ndarray:
 def test_predictions_match_mxnet(folder):
     inputs, probs, logits = _mxnet(folder)
     loaded = load_model(folder / "model.tar.gz")
-    meta = json.loads((folder / "meta.json").read_text())["config"]
+    depth, c, h, w, classes = re.match(r"resnet(\d+)_(\d)x(\d+)x(\d+)_c(\d+)", folder.name).groups()
     assert (loaded.metadata["num_layers"], loaded.metadata["num_classes"], loaded.metadata["image_shape"]) == (
-        meta["num_layers"], meta["num_classes"], meta["image_shape"])
-    assert loaded.metadata["format"] == "sagemaker-mxnet" and loaded.metadata["epoch"] == 0
+        int(depth), int(classes), [int(c), int(h), int(w)])
+    assert loaded.metadata["format"] == "sagemaker-mxnet"
+    assert loaded.hyperparameters["multi_label"] == ("1" if "multilabel" in folder.name else "0")
     with torch.no_grad():
         got = loaded.model(torch.from_numpy(inputs).float()).numpy()
     assert np.abs(got - logits).max() <= 1e-4 * max(1.0, np.abs(logits).max())
