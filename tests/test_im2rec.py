@@ -106,7 +106,12 @@ def test_pack_label_multilabel_matches_mxnet(tmp_path, digits_images):
 
 
 @needs_fixtures
-def test_reencoded_digits_val_matches_mxnet(tmp_path, digits_images):
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "opencv"])
+def test_reencoded_digits_val_matches_mxnet(tmp_path, digits_images, fast, monkeypatch):
+    """Both encoders (Pillow/numpy, and OpenCV where installed) write MXNet's bytes."""
+    from openic.formats import opencv
+
+    monkeypatch.setattr(opencv, "_override", fast)
     shutil.copy(FIXTURES / "rec/digits_val.lst", tmp_path / "digits_val.lst")
     pack_prefix(tmp_path / "digits_val", digits_images, PackOptions(quality=95))
     assert (tmp_path / "digits_val.idx").read_bytes() == (FIXTURES / "rec/digits_val.idx").read_bytes()

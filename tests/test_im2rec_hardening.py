@@ -72,8 +72,8 @@ def test_two_packers_of_one_prefix_never_corrupt_the_rec(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     make_list(out / "set", root, ListOptions(shuffle=False))
-    pack_lst(out / "set.lst", root, tmp_path / "ref", PackOptions(resize=192))
-    a = _child(tmp_path / "go_a", "--resize", "192", str(out / "set"), str(root))
+    pack_lst(out / "set.lst", root, tmp_path / "ref", PackOptions(resize=1024))  # slow enough to overlap
+    a = _child(tmp_path / "go_a", "--resize", "1024", str(out / "set"), str(root))
     b = _child(tmp_path / "go_b", "--resize", "24", str(out / "set"), str(root))
     try:
         (tmp_path / "go_a").touch()

@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--quality", type=int, default=95, help="JPEG quality 1-100, or PNG compression 0-9 (default: %(default)s)"
     )
-    r.add_argument("--num-thread", type=int, default=1, help="encoding threads, 1-256; output order is kept")
+    r.add_argument("--num-thread", type=int, default=1,
+                   help="encoding workers (processes, as MXNet; threads where fork is unavailable), 1-256; "
+                   "output order is kept")
     r.add_argument("--color", type=int, default=1, choices=[1, 0], help="1: colour (default), 0: grayscale")
     r.add_argument("--encoding", default=".jpg", choices=[".jpg", ".png"], help="image encoding (default: .jpg)")
     r.add_argument("--pack-label", action="store_true", help="store every label column of a multi-label .lst")

@@ -12,6 +12,8 @@ and resizes with ``cv2.resize`` (bilinear). This module gives the same results w
   ``cv2.imencode('.png', bgr, [IMWRITE_PNG_COMPRESSION, level])``.
 * Resize: OpenCV's fixed-point ``INTER_LINEAR`` re-done in numpy, including its SIMD rounding.
 
+With OpenCV installed, encode and resize go through it where it gives the same bytes (:mod:`.opencv`).
+
 EXIF orientation is ignored by ``decode_image``, as in MXNet's decoder; ``apply_exif_orientation`` does what
 ``cv2.imread`` (and so ``im2rec``) does with it. numpy only; torch is never imported here.
 """
@@ -28,6 +30,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from openic.errors import ClientError, DataError
+from openic.formats import opencv
 
 ImageFormat = Literal["jpeg", "png", "other"]
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -261,10 +264,18 @@ def encode_image(rgb: np.ndarray, encoding: str = ".jpg", quality: int = 95) -> 
     if enc not in ENCODINGS:
         raise ClientError(f"unsupported encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
     arr = _check_encodable(rgb)
+    enc = ".png" if enc == ".png" else ".jpg"
+    quality = min(max(int(quality), 0), 9 if enc == ".png" else 100)
+    fast = opencv.encode(arr, enc, quality, _encode_reference)
+    return fast if fast is not None else _encode_reference(arr, enc, quality)
+
+
+def _encode_reference(arr: np.ndarray, enc: str, quality: int) -> bytes:
+    """The OpenCV-free encoders (Pillow's libjpeg-turbo, libpng re-done), ``quality`` already clamped."""
     if enc == ".png":
-        return _encode_png_libpng(arr, min(max(int(quality), 0), 9))
+        return _encode_png_libpng(arr, quality)
     buf = io.BytesIO()
-    Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB").save(buf, "JPEG", quality=min(max(int(quality), 0), 100))
+    Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB").save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
@@ -294,8 +305,9 @@ def _encode_png_libpng(arr: np.ndarray, level: int) -> bytes:
 
 
 def _png_filter_rows(rows: np.ndarray, bpp: int) -> np.ndarray:
-    """libpng's default filter choice: per row, of None/Sub/Up/Average/Paeth the one whose bytes, read as
-    signed, have the smallest absolute sum (first wins ties). Returns rows prefixed with their filter byte."""
+    """libpng's default filter choice: per row, of None/Sub/Up/Average/Paeth (those libpng allows for the image's
+    size) the one whose bytes, read as signed, have the smallest absolute sum (first wins ties). Returns rows
+    prefixed with their filter byte."""
     cur = rows.astype(np.int16)
     prev = np.zeros_like(cur)
     prev[1:] = cur[:-1]
@@ -308,6 +320,13 @@ def _png_filter_rows(rows: np.ndarray, bpp: int) -> np.ndarray:
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, up_left))
     candidates = np.stack([cur, cur - left, cur - prev, cur - ((left + prev) >> 1), cur - paeth]).astype(np.uint8)
     cost = np.minimum(candidates, 256 - candidates.astype(np.int32)).sum(axis=2, dtype=np.int64)
+    # png_write_start_row: one row leaves no use for Up/Average/Paeth, one pixel a row none for Sub/Average/Paeth
+    allowed = np.ones(5, bool)
+    if rows.shape[0] == 1:
+        allowed[[2, 3, 4]] = False
+    if rows.shape[1] == bpp:
+        allowed[[1, 3, 4]] = False
+    cost[~allowed] = np.iinfo(np.int64).max
     choice = np.argmin(cost, axis=0)
     chosen = candidates[choice, np.arange(rows.shape[0])]
     return np.concatenate([choice.astype(np.uint8)[:, None], chosen], axis=1)
@@ -369,7 +388,20 @@ def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
         raise ClientError(f"cannot resize an empty image of shape {src.shape}")
     if (height, width) == (h, w):
         out = src.copy()
-    elif h == 2 * height and w == 2 * width:  # OpenCV switches to INTER_AREA: exact 2x2 mean, rounded
+    elif (fast := opencv.resize(src, height, width, _resize_reference)) is not None:
+        out = fast
+    else:
+        out = _resize_reference(src, height, width)
+    return out[..., 0] if squeeze else out
+
+
+def _resize_reference(src: np.ndarray, height: int, width: int) -> np.ndarray:
+    """OpenCV's INTER_LINEAR in numpy, for a uint8 image (HxW or HxWxC) of another size than the target."""
+    squeeze = src.ndim == 2
+    if squeeze:
+        src = src[..., None]
+    h, w = src.shape[:2]
+    if h == 2 * height and w == 2 * width:  # OpenCV switches to INTER_AREA: exact 2x2 mean, rounded
         s = src.astype(np.uint16)
         out = ((s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2] + 2) >> 2).astype(np.uint8)
     else:

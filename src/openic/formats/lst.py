@@ -18,7 +18,7 @@ import math
 import os
 import posixpath
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 from openic.errors import DataError, shown
@@ -194,13 +194,19 @@ def resolve_image_path(root: str | os.PathLike[str], rel: str, *, source: str) -
     Raises:
         DataError: for an empty, absolute or escaping path.
     """
+    return Path(root) / checked_relative_path(root, rel, source=source)
+
+
+def checked_relative_path(root: str | os.PathLike[str], rel: str, *, source: str) -> str:
+    """``rel`` normalized, or DataError when it is empty, absolute or leaves ``root`` (:func:`resolve_image_path`'s
+    check, for callers that join paths as strings: im2rec does it for every image)."""
     if not rel:
         raise DataError(f"{source}: empty image path")
-    if PurePosixPath(rel).is_absolute() or os.path.isabs(rel):
+    if rel.startswith("/") or os.path.isabs(rel):  # POSIX-absolute, or absolute on this OS
         raise DataError(f"{source}: image path {rel!r} is absolute; paths must be relative to the root {root}")
     norm = posixpath.normpath(rel)
     if norm == ".":
         raise DataError(f"{source}: image path {rel!r} names the image root {root} itself, not an image file")
     if norm == ".." or norm.startswith("../"):
         raise DataError(f"{source}: image path {rel!r} points outside the image root {root}")
-    return Path(root) / norm
+    return norm

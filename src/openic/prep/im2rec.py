@@ -32,7 +32,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,7 @@ from openic.formats.images import (
     resize_shorter,
     resized_hw,
 )
-from openic.formats.lst import LstEntry, read_lst_with_lines, resolve_image_path
+from openic.formats.lst import LstEntry, checked_relative_path, read_lst_with_lines
 from openic.formats.recordio import IRHeader, RecordWriter, pack
 
 log = logging.getLogger(__name__)
@@ -156,16 +156,17 @@ def pack_prefix(
 class _Job:
     source: str  # file:line
     entry: LstEntry
-    path: Path
+    path: str  # root joined with the checked relative path (strings: pathlib costs more than the encode here)
     header: IRHeader
 
 
 def _jobs(lst_path: Path, root: str | os.PathLike[str], pack_label: bool) -> list[_Job]:
     """Every line of the list, checked (format and paths) before any image is read."""
     jobs = []
+    where, top = str(lst_path), os.fspath(root)
     for lineno, entry in read_lst_with_lines(lst_path):
-        source = f"{lst_path}:{lineno}"
-        path = resolve_image_path(root, entry.path, source=source)
+        source = f"{where}:{lineno}"
+        path = os.path.join(top, checked_relative_path(root, entry.path, source=source))
         label = entry.labels if pack_label and len(entry.labels) > 1 else entry.labels[0]
         jobs.append(_Job(source, entry, path, IRHeader(0, label, entry.index, 0)))
     return jobs
@@ -220,45 +221,64 @@ def _check_skips(lst: Path, total: int, skipped: list[Skip], skip_bad: bool) -> 
         )
 
 
-def _encode_chunk(chunk: list[_Job], options: PackOptions) -> list[bytes | Skip]:
-    return [_encode(job, options) for job in chunk]
+_FORKED_JOBS: list[_Job] = []  # what worker processes inherit at fork, so only index ranges cross the pipe
+
+
+def _encode_range(start: int, stop: int, options: PackOptions) -> list[bytes | Skip]:
+    return [_encode(job, options) for job in _FORKED_JOBS[start:stop]]
+
+
+def _pool(workers: int) -> Executor:
+    """Worker processes where ``fork`` exists (decode, encode and the Python between them run truly in
+    parallel, as MXNet's im2rec does with multiprocessing), else threads (the codecs release the GIL)."""
+    import multiprocessing
+
+    if "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(workers, thread_name_prefix="im2rec")
 
 
 def _results(jobs: list[_Job], options: PackOptions) -> Iterator[tuple[_Job, bytes | Skip]]:
-    """Encoded records (or skips) in list order; ``num_thread > 1`` encodes ahead in a bounded thread window.
+    """Encoded records (or skips) in list order; ``num_thread > 1`` encodes ahead in a bounded window of workers.
 
-    Work goes to the threads in chunks: one small image takes well under a millisecond, so handing images over
-    one by one would cost more in thread hand-offs than the threads gain.
+    Work goes out in chunks: one small image takes well under a millisecond, so handing images over one by one
+    would cost more in hand-offs than the workers gain.
     """
     if options.num_thread == 1:
         for job in jobs:
             yield job, _encode(job, options)
         return
-    size = 32
-    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    window = 2 * options.num_thread  # enough to keep the threads busy without holding the whole data set
-    pending: deque[tuple[list[_Job], Future[list[bytes | Skip]]]] = deque()
-    with ThreadPoolExecutor(options.num_thread, thread_name_prefix="im2rec") as pool:
-        try:
-            for chunk in chunks:
-                pending.append((chunk, pool.submit(_encode_chunk, chunk, options)))
-                if len(pending) >= window:
-                    done, fut = pending.popleft()
-                    yield from zip(done, fut.result(), strict=True)
-            while pending:
-                done, fut = pending.popleft()
-                yield from zip(done, fut.result(), strict=True)
-        finally:
-            for _, fut in pending:
-                fut.cancel()
+    global _FORKED_JOBS
+    size = 64
+    ranges = [(i, min(i + size, len(jobs))) for i in range(0, len(jobs), size)]
+    window = 2 * options.num_thread  # enough to keep the workers busy without holding the whole data set
+    pending: deque[tuple[int, int, Future[list[bytes | Skip]]]] = deque()
+    _FORKED_JOBS = jobs
+    try:
+        with _pool(options.num_thread) as pool:
+            try:
+                for start, stop in ranges:
+                    pending.append((start, stop, pool.submit(_encode_range, start, stop, options)))
+                    if len(pending) >= window:
+                        a, b, fut = pending.popleft()
+                        yield from zip(jobs[a:b], fut.result(), strict=True)
+                while pending:
+                    a, b, fut = pending.popleft()
+                    yield from zip(jobs[a:b], fut.result(), strict=True)
+            finally:
+                for _, _, fut in pending:
+                    fut.cancel()
+    finally:
+        _FORKED_JOBS = []
 
 
 def _encode(job: _Job, options: PackOptions) -> bytes | Skip:
     """One record, or a :class:`Skip` when the file cannot be read or decoded, or is too large (other errors
     propagate)."""
-    path = os.fspath(job.path)
+    path = job.path
     try:
-        data = job.path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         return Skip(job.source, path, f"cannot read the file ({e.strerror or e})")
     if options.pass_through:
