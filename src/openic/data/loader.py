@@ -15,9 +15,11 @@ work per image; openic keeps epochs self-contained so a resumed run sees exactly
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,10 +56,16 @@ class Cached:
 
 
 def cache_images(source: Source, channels: int, resize: int | None, limit_mb: int,
-                 progress: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Cached | None:
-    """Decode every image into one ``[N, C, h, w]`` tensor, or ``None`` if sizes differ or it would not fit."""
+                 progress: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 workers: int = 1) -> Cached | None:
+    """Decode every image into one ``[N, C, h, w]`` tensor, or ``None`` if sizes differ or it would not fit.
+
+    With ``workers > 1`` (and ``fork``), forked processes decode disjoint ranges straight into the tensor's shared
+    memory: per-image Python work keeps threads from scaling. A bad image raises as it would alone, the first in
+    record order.
+    """
     first = decode_one(source, 0, channels, max_pixels)
-    min_h, min_w = first.shape[1:]
+    min_hw = tuple(first.shape[1:])
     if resize is not None:
         first = resize_shorter(first[None], resize)[0]
     n = len(source)
@@ -66,24 +74,79 @@ def cache_images(source: Source, channels: int, resize: int | None, limit_mb: in
         log.info("Streaming images from disk: %.0f MB decoded exceeds the %d MB in-memory limit (--cache-mb)",
                  need_mb, limit_mb)
         return None
+    size = 512
+    ranges = [(a, min(a + size, n)) for a in range(1, n, size)]
+    parallel = workers > 1 and len(ranges) > 1 and "fork" in multiprocessing.get_all_start_methods()
     out = torch.empty((n, *first.shape), dtype=torch.uint8)
+    if parallel:
+        out.share_memory_()
     out[0] = first
-    indices = range(1, n)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="decoding", unit="img", leave=False, initial=1, total=n)
-    for i in indices:
+        bar = tqdm(desc="decoding", unit="img", leave=False, initial=1, total=n)
+    try:
+        results = _decode_ranges(ranges, (source, out, channels, resize, max_pixels), workers if parallel else 1, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    for range_min, other in results:
+        if other is not None:
+            i, shape = other
+            log.info("Streaming images from disk: %s has shape %s, the first image %s (sizes differ)",
+                     source.describe(i), shape, tuple(first.shape))
+            return None
+        min_hw = (min(min_hw[0], range_min[0]), min(min_hw[1], range_min[1]))
+    return Cached(out, (int(min_hw[0]), int(min_hw[1])))
+
+
+_FORKED: tuple = ()  # what decoding processes inherit at fork (the source, the shared tensor, the options)
+_RangeResult = tuple[tuple[int, int], "tuple[int, tuple[int, ...]] | None"]
+
+
+def _forked_range(span: tuple[int, int]) -> _RangeResult:
+    torch.set_num_threads(1)  # a forked child must not start an OpenMP pool of its own
+    return _decode_range(*_FORKED[:1], span, *_FORKED[1:])
+
+
+def _decode_ranges(ranges: list[tuple[int, int]], job: tuple, workers: int, bar: object) -> list[_RangeResult]:
+    """Each range decoded in order, in this process or in ``workers`` forked ones."""
+    global _FORKED
+    if workers == 1:
+        results = []
+        for span in ranges:
+            results.append(_decode_range(job[0], span, *job[1:]))
+            if bar is not None:
+                bar.update(span[1] - span[0])
+        return results
+    _FORKED = job
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_forked_range, span) for span in ranges]
+            results = []
+            for span, fut in zip(ranges, futures, strict=True):
+                results.append(fut.result())  # in order: the first bad range raises first
+                if bar is not None:
+                    bar.update(span[1] - span[0])
+            return results
+    finally:
+        _FORKED = ()
+
+
+def _decode_range(source: Source, span: tuple[int, int], out: torch.Tensor, channels: int, resize: int | None,
+                  max_pixels: int) -> _RangeResult:
+    """Decode ``span`` into ``out``: (smallest h, w before resize, and the first image of another shape or None)."""
+    min_h = min_w = 1 << 30
+    for i in range(*span):
         img = decode_one(source, i, channels, max_pixels)
         min_h, min_w = min(min_h, img.shape[1]), min(min_w, img.shape[2])
         if resize is not None:
             img = resize_shorter(img[None], resize)[0]
-        if img.shape != first.shape:
-            log.info("Streaming images from disk: %s has shape %s, the first image %s (sizes differ)",
-                     source.describe(i), tuple(img.shape), tuple(first.shape))
-            return None
+        if img.shape != out.shape[1:]:
+            return (min_h, min_w), (i, tuple(img.shape))
         out[i] = img
-    return Cached(out, (int(min_h), int(min_w)))
+    return (min_h, min_w), None
 
 
 class _Failure(NamedTuple):

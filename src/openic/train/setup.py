@@ -78,7 +78,7 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
     streams = {}
     for name, source in sources.items():
         cached = cache_images(source, c, hp.resize, config.cache_mb, progress=progress,
-                              max_pixels=config.max_image_pixels)
+                              max_pixels=config.max_image_pixels, workers=config.decode_workers)
         images = cached.images if cached is not None else None
         if cached is not None:
             cross_check(hp, min_image_hw=cached.min_hw)
