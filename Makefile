@@ -25,5 +25,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -q tests
 
+bench: $(STAMP)
+	$(PY) bench/all.py
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
