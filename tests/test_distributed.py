@@ -93,6 +93,60 @@ def test_two_hosts_through_torchrun_unchanged(uneven, tmp_path):
     assert (out / "model.tar.gz").is_file()
 
 
+def _netns(name: str, addr: str) -> None:
+    """Namespace ``name`` holding its end of the veth pair (``<name>0``) at ``addr``, with loopback up."""
+    for cmd in (["ip", "netns", "add", name], ["ip", "link", "set", f"{name}0", "netns", name],
+                ["ip", "-n", name, "addr", "add", f"{addr}/24", "dev", f"{name}0"],
+                ["ip", "-n", name, "link", "set", f"{name}0", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]):
+        subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair (10.231.N.1 and .2), made and removed by the test; skipped
+    where the machine does not allow them (then the loopback tests above stand in)."""
+    tag = f"oi{os.getpid() % 100000}"
+    names, subnet = (f"{tag}a", f"{tag}b"), 200 + os.getpid() % 50
+    addrs = (f"10.231.{subnet}.1", f"10.231.{subnet}.2")
+    try:
+        subprocess.run(["ip", "link", "add", f"{names[0]}0", "type", "veth", "peer", "name", f"{names[1]}0"],
+                       check=True, capture_output=True, timeout=10)
+        for name, addr in zip(names, addrs, strict=True):
+            _netns(name, addr)
+    except (OSError, subprocess.SubprocessError) as e:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        subprocess.run(["ip", "link", "del", f"{names[0]}0"], capture_output=True, timeout=10)
+        pytest.skip(f"network namespaces are not available here ({e})")
+    yield list(zip(names, addrs, strict=True))
+    for name in names:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+@pytest.mark.slow
+def test_two_hosts_in_network_namespaces(uneven, tmp_path, two_hosts):
+    """Two "hosts" that reach each other only over their own veth link: openic's launcher on each (node ranks 0
+    and 1, the master at host 0's address), each with its own output folder as on separate machines."""
+    port = free_port()
+    procs = []
+    for rank, (ns, _) in enumerate(two_hosts):
+        argv = _train_argv(uneven, tmp_path / f"host{rank}", "--epochs", "1", "--nnodes", "2", "--node-rank",
+                           str(rank), "--nproc-per-node", "1", "--master-addr", two_hosts[0][1], "--master-port",
+                           str(port))
+        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *OPENIC, *argv], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True,
+                                      env=_env() | {"GLOO_SOCKET_IFNAME": f"{ns}0"}))
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    both = "".join(logs)
+    assert "global batch 32 = mini_batch_size 16 x 2 hosts" in both
+    accuracy = _by_rank(both, r"Validation-accuracy=([0-9.]+)")
+    digests = _by_rank(both, r"Parameter digest on rank \d+: (\w+)")
+    assert accuracy[0] == accuracy[1] and digests[0] == digests[1]
+    assert (tmp_path / "host0" / "model.tar.gz").is_file()
+    assert not (tmp_path / "host1" / "model.tar.gz").exists()  # only rank 0 writes the artifact
+
+
 @pytest.mark.slow
 def test_dist_async_averages_the_replicas(uneven, tmp_path):
     out = tmp_path / "out"
