@@ -113,3 +113,29 @@ def test_two_transforms_into_one_folder_refused(tmp_path, artifact, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_s3_input_and_output(tmp_path, artifact, s3_env, capsys, monkeypatch):
+    """Batch transform from s3://bucket/in/ to s3://bucket/out/ (moto's server): every object's .out lands under
+    the output prefix with the local run's bytes; a re-run uploads nothing new; a missing input is named."""
+    from openic.storage import client
+
+    monkeypatch.setenv("OPENIC_S3_CACHE", str(tmp_path / "cache"))
+    s3 = client()
+    files = {"a.jpg": jpeg(seed=1), "sub/b.png": png(seed=2), "c.npy": npy(image(seed=3))}
+    for key, data in files.items():
+        s3.put_object(Bucket=s3_env, Key=f"in/{key}", Body=data)
+        (tmp_path / "local" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "local" / key).write_bytes(data)
+    assert _run(artifact, f"s3://{s3_env}/in", f"s3://{s3_env}/out") == 0
+    assert _run(artifact, tmp_path / "local", tmp_path / "local-out") == 0
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="out/")["Contents"])
+    assert keys == [f"out/{k}.out" for k in sorted(files)]  # no lock file uploaded
+    for key in files:
+        body = s3.get_object(Bucket=s3_env, Key=f"out/{key}.out")["Body"].read()
+        assert body == (tmp_path / "local-out" / f"{key}.out").read_bytes()
+    capsys.readouterr()
+    assert _run(artifact, f"s3://{s3_env}/in", f"s3://{s3_env}/out") == 0
+    assert "0 written, 3 already done" in capsys.readouterr().out
+    assert _run(artifact, f"s3://{s3_env}/missing", tmp_path / "o") == 2
+    assert f"s3://{s3_env}/missing" in capsys.readouterr().err

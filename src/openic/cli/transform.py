@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -16,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "input that fails is named and the rest go on (exit 1 if any failed).")
     t.add_argument("--model", type=location, required=True,
                    help="model.tar.gz or its extracted folder, or an s3:// URI")
-    t.add_argument("--input", type=Path, required=True, help="a folder, a .rec file or a .manifest/.jsonl file")
-    t.add_argument("--output", type=Path, required=True, help="folder for the .out files")
+    t.add_argument("--input", type=location, required=True,
+                   help="a folder, a .rec file or a .manifest/.jsonl file, or an s3:// object or prefix")
+    t.add_argument("--output", type=location, required=True, help="folder for the .out files, or an s3:// prefix")
     t.add_argument("--content-type", default="application/x-image", help="of each object (default: %(default)s; "
                    ".npy files are application/x-npy)")
     t.add_argument("--accept", default="application/jsonlines", help="response format (default: %(default)s)")
@@ -38,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from openic.serving.app import DEFAULT_MAX_PAYLOAD_MB
     from openic.serving.handler import load
     from openic.serving.server import max_payload_mb_from_env
-    from openic.serving.transform import TransformOptions, transform
+    from openic.serving.transform import TransformOptions, transform_location
 
     options = TransformOptions(content_type=args.content_type, accept=args.accept, split_type=args.split_type,
                                assemble_with=args.assemble_with, preprocess=args.preprocess,
                                batch_size=args.batch_size, workers=args.workers,
                                max_payload_mb=max_payload_mb_from_env(DEFAULT_MAX_PAYLOAD_MB),
                                max_image_pixels=args.max_image_pixels, progress=not args.quiet)
-    report = transform(load(args.model, backend=args.backend), args.input, args.output, options)
+    report = transform_location(load(args.model, backend=args.backend), args.input, args.output, options)
     print(f"transform: {report.done} written, {report.skipped} already done, {len(report.failed)} failed "
           f"-> {args.output}")
     return 1 if report.failed else 0

@@ -200,3 +200,24 @@ def _write(obj: _Object, probs, predictor: Predictor, answer, options: Transform
     obj.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(obj.out) as tmp:
         tmp.write_bytes(body)
+
+
+def transform_location(predictor: Predictor, source: str | Path, output: str | Path,
+                       options: TransformOptions = TransformOptions()) -> Report:
+    """:func:`transform` where the input and/or the output may be ``s3://`` locations.
+
+    An S3 input is fetched once into this host's cache (File mode); an S3 output is written into a local staging
+    folder kept per URI (so a re-run skips what is done there) and uploaded after the run, failed objects
+    aside: only files S3 lacks or holds with other bytes are sent.
+    """
+    from openic.storage import is_s3
+    from openic.storage.local import local_path, staging_dir
+
+    out = staging_dir(str(output)) if is_s3(output) else Path(output)
+    report = transform(predictor, local_path(source), out, options)
+    if is_s3(output):
+        from openic.storage.s3 import upload_dir
+
+        sent = upload_dir(out, str(output), skip=lambda rel: rel == LOCK)
+        log.info("transform: %d output file(s) uploaded to %s", sent, output)
+    return report

@@ -6,6 +6,7 @@ resumable and checksummed, and the ranks of one host wait for one download inste
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,16 @@ log = logging.getLogger(__name__)
 
 def cache_root() -> Path:
     return Path(os.environ.get("OPENIC_S3_CACHE") or Path.home() / ".cache" / "openic" / "s3")
+
+
+def staging_dir(uri: str) -> Path:
+    """The local folder that stands for an ``s3://`` output ``uri`` on this host (the same one for every rank and
+    every rerun, so work already done there is found again)."""
+    from openic.storage.uri import parse_s3_uri
+
+    bucket, key = parse_s3_uri(uri)  # ClientError for a malformed URI
+    digest = hashlib.sha256(f"{bucket}/{key.strip('/')}".encode()).hexdigest()[:16]
+    return cache_root() / "outputs" / bucket / digest
 
 
 def local_path(value: str | os.PathLike[str]) -> Path:

@@ -11,7 +11,6 @@ one URI are refused on one host; jobs on different hosts writing one URI are not
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,20 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openic.errors import ClientError
-from openic.storage import is_s3, parse_s3_uri
-from openic.storage.local import cache_root
+from openic.storage import is_s3
+from openic.storage.local import cache_root, staging_dir  # noqa: F401 - staging_dir re-exported
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LOCK_PREFIX = ".openic-"  # openic.train.job.LOCK
-
-
-def staging_dir(uri: str) -> Path:
-    """The local folder that stands for ``uri`` on this host (the same one for every rank and every rerun)."""
-    bucket, key = parse_s3_uri(uri)  # ClientError for a malformed URI
-    digest = hashlib.sha256(f"{bucket}/{key.strip('/')}".encode()).hexdigest()[:16]
-    return cache_root() / "outputs" / bucket / digest
 
 
 def _uri(value: str | os.PathLike[str] | None) -> str | None:
