@@ -57,22 +57,22 @@ def symbol(num_layers: int, num_classes: int, height: int, *, head: str = "Softm
     small = height <= 32
     add("Convolution", "conv0", num_filter=row.stem_width, kernel="(3, 3)" if small else "(7, 7)", no_bias="True")
     if not small:
-        add("BatchNorm", "bn0", eps="2e-05")
+        add("BatchNorm", "bn0", eps="2e-05", fix_gamma="False")
         add("Activation", "relu0", act_type="relu")
-        add("Pooling", "pooling0", kernel="(3, 3)", pool_type="max")
+        add("Pooling", "pooling0", kernel="(3, 3)", stride="(2, 2)", pool_type="max")
     convs = 3 if row.block == "bottleneck" else 2
     for s, (units, width) in enumerate(zip(row.units, row.widths, strict=True), 1):
         for u in range(1, units + 1):
             name = f"stage{s}_unit{u}"
             for k in range(1, convs + 1):
-                add("BatchNorm", f"{name}_bn{k}", eps="2e-05")
+                add("BatchNorm", f"{name}_bn{k}", eps="2e-05", fix_gamma="False")
                 add("Activation", f"{name}_relu{k}", act_type="relu")
                 filters = width if k == convs else (width // 4 if row.block == "bottleneck" else width)
                 add("Convolution", f"{name}_conv{k}", num_filter=filters, kernel="(3, 3)", no_bias="True")
             if u == 1:
                 add("Convolution", f"{name}_sc", num_filter=width, kernel="(1, 1)", no_bias="True")
             add("elemwise_add", f"_plus_{name}")
-    add("BatchNorm", "bn1", eps="2e-05")
+    add("BatchNorm", "bn1", eps="2e-05", fix_gamma="False")
     add("Activation", "relu1", act_type="relu")
     add("Pooling", "pool1", global_pool="True", kernel="(7, 7)", pool_type="avg")
     add("Flatten", "flatten0")

@@ -81,3 +81,13 @@ def test_augmented_batches_keep_order_and_labels(rec):
     streamed = BatchStream(source, aug, 64, True, seed=5, workers=0)
     for (xa, ya), (xb, yb) in zip(cached, streamed, strict=True):
         assert torch.equal(ya, yb) and xa.shape == xb.shape == (len(ya), 3, 16, 16)
+
+
+def test_too_little_shared_memory_decodes_in_one_process(rec, monkeypatch, caplog):
+    import openic.data.loader as loader
+
+    monkeypatch.setattr(loader.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    with caplog.at_level(logging.INFO):
+        got = cache_images(RecordSource([rec]), 3, None, 4096, workers=2)
+    assert "Decoding in one process" in caplog.text
+    assert torch.equal(got.images, cache_images(RecordSource([rec]), 3, None, 4096, workers=1).images)

@@ -286,3 +286,20 @@ def test_symbol_helper_matches_the_fixture_symbol(r20_files):
     ours = resnet_graph(parse_symbol(symbol(20, 10, 28), "ours"), "ours")
     theirs = resnet_graph(parse_symbol(json.loads(r20_files["image-classification-symbol.json"]), "mx"), "mx")
     assert ours == theirs
+
+
+def test_import_refuses_to_overwrite_the_archive_of_a_folder(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "model.tar.gz").write_bytes((R20 / "model.tar.gz").read_bytes())
+    with pytest.raises(ClientError, match="is the SageMaker artifact being imported"):
+        import_mxnet(folder, folder / "model.tar.gz")
+    assert (folder / "model.tar.gz").read_bytes() == (R20 / "model.tar.gz").read_bytes()
+
+
+def test_derived_hyperparameters_win_over_a_stray_hyperparameters_json(tmp_path):
+    multi = GENERATED / "resnet20_3x28x28_c6_multilabel" / "model.tar.gz"
+    files = members(multi) | {"hyperparameters.json": b'{"epochs": "12", "multi_label": "0"}'}
+    loaded = load_model(write_tar(tmp_path / "m.tar.gz", files))
+    assert loaded.hyperparameters["multi_label"] == "1" and loaded.hyperparameters["epochs"] == "12"
+    assert import_mxnet(tmp_path / "m.tar.gz", tmp_path / "o.tar.gz").is_file()

@@ -97,6 +97,26 @@ def test_corrupt_files_name_what_was_found(data, match):
         parse_params(data, "m.params")
 
 
+def _sparse(storage: tuple, shape: tuple, aux: tuple, values: int, rows: int) -> bytes:
+    rec = struct.pack(f"<Iii{len(storage)}q", 0xF993FAC9, 1, len(storage), *storage)
+    rec += struct.pack(f"<i{len(shape)}q", len(shape), *shape) + struct.pack("<iii", 1, 0, 0)
+    rec += struct.pack(f"<ii{len(aux)}q", 6, len(aux), *aux)
+    return rec + np.zeros(values, "<f4").tobytes() + np.arange(rows, dtype="<i8").tobytes()
+
+
+@pytest.mark.parametrize("rec, match", [
+    (struct.pack("<Iii2q", 0xF993FAC9, 0, 2, 2**32, 2**32) + struct.pack("<iii", 1, 0, 0),
+     r"shape \(4294967296, 4294967296\) \(<f4\) is larger than the rest"),  # would wrap around in int64
+    (struct.pack("<Iii2q", 0xF993FAC9, 0, 2, 2**32, 2**32) + struct.pack("<iii", 1, 0, 12), r"\(bfloat16\) is larger"),
+    (_sparse((0,), (2**38, 1), (0,), 0, 0), r"would take more than 1024 MiB dense"),
+    (_sparse((2, 5), (4, 3), (2,), 10, 2), r"storage shape \(2, 5\) does not fit the array shape \(4, 3\)"),
+    (_sparse((1,), (4, 3), (), 0, 0), r"aux shape \(\) \(expected one dimension\)"),
+])
+def test_hostile_shapes_are_refused_before_allocating(rec, match):
+    with pytest.raises(ClientError, match=match):
+        parse_params(params_bytes({"a": None}, [rec]), "h.params")
+
+
 def test_non_checkpoint_names_are_refused():
     with pytest.raises(ClientError, match=r"entry 'weights' is not 'arg:NAME' or 'aux:NAME'"):
         split_checkpoint({"weights": np.ones(1)}, "g.params")
@@ -122,6 +142,13 @@ def test_old_mxnet_attribute_keys_are_read():
     assert (g.block, g.units, g.stem_kernel, g.widths) == ("bottleneck", (3, 4, 6, 3), 7, (256, 512, 1024, 2048))
 
 
+def _with(raw: dict, name: str, **attrs: str) -> dict:
+    for node in raw["nodes"]:
+        if node["name"] == name:
+            node["attrs"] = node.get("attrs", {}) | attrs
+    return raw
+
+
 def _vgg() -> dict:
     return {"nodes": [{"op": "null", "name": "data", "inputs": []},
                       {"op": "Convolution", "name": "conv1_1", "attrs": {"num_filter": "64", "kernel": "(3, 3)"}},
@@ -137,6 +164,12 @@ def _vgg() -> dict:
     ({"nodes": [n for n in symbol(18, 2, 32)["nodes"] if not n["name"].startswith("stage2_unit2")]
       + [{"op": "Convolution", "name": "stage2_unit3_conv1", "attrs": {"num_filter": "128", "kernel": "(3, 3)"}}]},
      r"not numbered stage1..S / unit1..U"),
+    (_with(symbol(20, 2, 28), "stage2_unit1_relu1", act_type="tanh"), r"stage2_unit1_relu1 act_type=tanh"),
+    (_with(symbol(20, 2, 28), "stage1_unit2_bn2", eps="0.001"), r"stage1_unit2_bn2 eps=0.001"),
+    (_with(symbol(20, 2, 28), "bn_data", fix_gamma="False"), r"bn_data fix_gamma=False"),
+    (_with(symbol(20, 2, 28), "pool1", global_pool="False"), r"pool1 is not a global pool"),
+    (_with(symbol(20, 2, 28), "conv0", stride="(3, 3)"), r"conv0 stride=\(3, 3\)"),
+    ({"nodes": [{"op": "Convolution", "name": "stage" + "9" * 5000 + "_unit1_conv1", "attrs": {}}]}, r"not SageMaker"),
 ])
 def test_other_graphs_are_refused(raw, match):
     with pytest.raises(ClientError, match=match):

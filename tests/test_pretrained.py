@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from mxnet_helpers import symbol, write_checkpoint
+from mxnet_helpers import params_bytes, symbol, write_checkpoint
 
 from openic.artifacts import load_model
 from openic.artifacts.pretrained import files
@@ -144,8 +144,13 @@ def test_training_starts_from_the_downloaded_weights(server, tmp_path, monkeypat
         got = state[names[mx_name]]
         assert torch.allclose(got, torch.from_numpy(mx[f"arg:{mx_name}"]), atol=1e-4), mx_name
     assert model.fc1.weight.shape == (2, 512)  # the classifier is new: 2 classes, not ImageNet's 1,000
-    # the .params file itself, with its symbol beside it
+    # the .params file itself, with its symbol beside it: that file, even with a higher-numbered one beside it
+    later = {k: v * 0 if k.startswith("arg:conv0") else v for k, v in mx.items()}
+    (home / "resnet-18-0010.params").write_bytes(params_bytes(later))
     assert _train(rec, tmp_path / "file", "--pretrained", str(home / "resnet-18-0000.params")) == 0
+    conv0 = load_model(tmp_path / "file" / "model.tar.gz").model.conv0.weight.detach()
+    assert torch.allclose(conv0, torch.from_numpy(mx["arg:conv0_weight"]), atol=1e-4)
+    (home / "resnet-18-0010.params").unlink()
     # weights that cannot serve this network are refused, naming why
     assert _train(rec, tmp_path / "deep", "--pretrained", str(home), layers="34") == 2
     assert "are ResNet-18, but num_layers is 34" in (tmp_path / "deep" / "failure").read_text()

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from openic.artifacts import mxnet_import
-from openic.artifacts.model import load_model, save_model
+from openic.artifacts.model import archive_in, load_model, save_model
 from openic.errors import ClientError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def import_mxnet(source: Path, dest: Path, *, epoch: int | None = None) -> Path:
         ClientError: ``source`` is not an MXNet image-classification checkpoint, or ``dest`` is ``source``.
     """
     source, dest = Path(source), Path(dest)
-    if dest.exists() and source.exists() and dest.resolve() == source.resolve():
+    if dest.exists() and source.exists() and dest.resolve() == archive_in(source).resolve():
         raise ClientError(f"the output {dest} is the SageMaker artifact being imported; name another file")
     loaded = load_model(source, checkpoint_epoch=epoch)
     meta = loaded.metadata

@@ -168,6 +168,14 @@ def save_model(out_dir: Path, model: nn.Module, hp: HyperParameters | Mapping[st
     return dest
 
 
+def archive_in(path: Path) -> Path:
+    """A folder that holds a ``model.tar.gz`` (and is not itself an extracted artifact) stands for that file."""
+    if path.is_dir() and (path / MODEL_ARCHIVE).is_file() and not (path / METADATA).exists() and \
+            not mxnet_import.is_mxnet([p.name for p in path.iterdir()]):
+        return path / MODEL_ARCHIVE
+    return path
+
+
 class _Artifact:
     """A model.tar.gz or extracted model directory, opened to read members by name, each within a byte bound.
 
@@ -179,8 +187,7 @@ class _Artifact:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"model artifact not found: {path}")
-        if path.is_dir() and not (path / METADATA).exists() and (path / MODEL_ARCHIVE).is_file():
-            path = path / MODEL_ARCHIVE
+        path = archive_in(path)
         self.source = str(path)
         self._dir = path if path.is_dir() else None
         self._tar: tarfile.TarFile | None = None
@@ -343,7 +350,7 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", checkpoint_epo
     weights = WEIGHTS if checkpoint_epoch is None else checkpoint_name(checkpoint_epoch)
     with _Artifact(Path(path)) as art:
         meta = _metadata(art)
-        hyper = _hyperparameters(art) or meta.get("hyperparameters", {})
+        hyper = _hyperparameters(art) | meta.get("hyperparameters", {})  # an MXNet model's derived values win
         class_names = _class_names(art, meta["num_classes"])
         if meta.get("format") == mxnet_import.FORMAT:
             state = mxnet_import.read_state(art, meta, checkpoint_epoch)
@@ -359,12 +366,18 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", checkpoint_epo
     return LoadedModel(model=model.to(device).eval(), metadata=meta, class_names=class_names, hyperparameters=hyper)
 
 
-def load_mxnet_weights(path: Path, image_shape: tuple[int, int, int],
-                       prefix: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def load_mxnet_weights(path: Path, image_shape: tuple[int, int, int], prefix: str | None = None,
+                       params: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Metadata and openic weights of an MXNet checkpoint for this input shape: a SageMaker artifact, or a folder
-    of ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` such as MXNet's ImageNet models (no ``model-shapes.json``)."""
+    of ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` such as MXNet's ImageNet models (no ``model-shapes.json``).
+
+    Args:
+        params: that ``.params`` file of the folder rather than the one with the highest NNNN.
+    """
     with _Artifact(Path(path)) as art:
         meta = mxnet_import.read_metadata(art, image_shape, prefix)
+        if params is not None:
+            meta = meta | {"mxnet": meta["mxnet"] | {"params": params}}
         return meta, mxnet_import.read_state(art, meta)
 
 

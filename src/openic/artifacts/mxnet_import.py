@@ -31,7 +31,7 @@ from openic.models.resnet import create_model, mxnet_name_map
 FORMAT = "sagemaker-mxnet"
 SYMBOL_SUFFIX = "-symbol.json"
 SHAPES = "model-shapes.json"
-PARAMS_RE = re.compile(r"(.+)-(\d{4,})\.params")
+PARAMS_RE = re.compile(r"(.+)-(\d{4,9})\.params")
 _BN_DATA_GAMMA = "bn_data.weight"  # fix_gamma=True: MXNet's forward uses 1 whatever the file stores
 
 
@@ -82,8 +82,9 @@ def _shapes(art: ArtifactReader) -> tuple[int, int, int]:
     """C,H,W of ``model-shapes.json`` (``[{"name": "data", "shape": [1, C, H, W]}]``)."""
     where = f"{art.source}: {SHAPES}"
     if SHAPES not in art.names:
-        raise ClientError(f"{art.source}: {SHAPES} is missing, so the input image shape is unknown (give "
-                          f"image_shape, e.g. 3,224,224)")
+        raise ClientError(f"{art.source}: {SHAPES} is missing, so the input image shape is unknown; SageMaker's "
+                          f"artifacts have it (a checkpoint without it, such as MXNet's ImageNet models, serves as "
+                          f"--pretrained weights, where image_shape says the shape)")
     raw = art.json(SHAPES)
     entries = [e for e in raw if isinstance(e, dict)] if isinstance(raw, list) else []
     data = [e for e in entries if e.get("name") == "data"] or (entries if len(entries) == 1 else [])
@@ -159,6 +160,8 @@ def read_state(art: ArtifactReader, meta: dict[str, Any], epoch: int | None = No
     """
     name = _params_file(meta, epoch, art.source)
     where = f"{art.source}: {name}"
+    if name not in art.names:
+        raise ClientError(f"{art.source}: {name} is not there (files: {', '.join(art.names)})")
     with torch.device("meta"):  # names and shapes only: nothing is allocated before the file is found to fit
         model = create_model(meta["num_layers"], meta["num_classes"], tuple(meta["image_shape"]))
     expected, names = model.state_dict(), mxnet_name_map(model)

@@ -89,6 +89,10 @@ def download_pretrained(name: str, dest: Path, *, base_url: str = MXNET_MODELS_U
     pinned = read_sums(dest / SUMS) if (dest / SUMS).is_file() else {}
     given = read_sums(checksums) if checksums is not None else {}
     wanted = files(name, base_url)
+    if not given and not all(n in pinned for n in wanted):
+        log.warning("no checksums for %s (MXNet published none): its bytes are taken on trust from %s and pinned "
+                    "in %s for later downloads; pass --checksums SHA256SUMS to verify them", name, base_url,
+                    dest / SUMS)
     for file_name, url in wanted.items():
         expected = given.get(file_name) or pinned.get(file_name)
         if given and file_name not in given:

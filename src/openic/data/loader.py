@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -79,7 +81,7 @@ def cache_images(source: Source, channels: int, resize: int | None, limit_mb: in
     parallel = workers > 1 and len(ranges) > 1 and "fork" in multiprocessing.get_all_start_methods()
     out = torch.empty((n, *first.shape), dtype=torch.uint8)
     if parallel:
-        out.share_memory_()
+        parallel = _share(out)
     out[0] = first
     bar = None
     if progress:
@@ -99,6 +101,21 @@ def cache_images(source: Source, channels: int, resize: int | None, limit_mb: in
             return None
         min_hw = (min(min_hw[0], range_min[0]), min(min_hw[1], range_min[1]))
     return Cached(out, (int(min_hw[0]), int(min_hw[1])))
+
+
+def _share(out: torch.Tensor) -> bool:
+    """Move ``out`` into shared memory for the decoding processes; False (decode in this process) where the
+    shared-memory file system is too small for it, as in a container with Docker's default 64 MB /dev/shm."""
+    need = out.numel() * out.element_size()
+    try:
+        free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
+        if free is not None and need > free * 0.9:
+            raise RuntimeError(f"/dev/shm has {free / 2**20:.0f} MB free")
+        out.share_memory_()
+    except (OSError, RuntimeError) as e:
+        log.info("Decoding in one process: %.0f MB of shared memory are not available (%s)", need / 2**20, e)
+        return False
+    return True
 
 
 _FORKED: tuple = ()  # what decoding processes inherit at fork (the source, the shared tensor, the options)

@@ -4,12 +4,13 @@ The layout (``shared/fixtures/mxnet_models/PARAMS_FORMAT.md``): a list header (m
 record per array (V2 0xF993FAC9 as MXNet 1.x writes, V3 0xF993FACA with numpy shape semantics, legacy V1
 0xF993FAC8 and pre-V1 records whose first word is ``ndim``), then the names. Sparse arrays (row_sparse, csr) are
 returned dense. Everything is little-endian and unaligned. Every size is checked against the bytes that remain
-before anything is allocated, so a damaged or hostile file raises ``ClientError`` naming the offset instead of
-exhausting memory. MXNet itself is never imported.
+before anything is allocated (a sparse array's dense form against ``MAX_SPARSE_DENSE_BYTES``), so a damaged or
+hostile file raises ``ClientError`` naming the offset instead of exhausting memory. MXNet itself is never imported.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from openic.errors import ClientError
 LIST_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 MAX_NDIM = 32
+MAX_SPARSE_DENSE_BYTES = 1 << 30  # a sparse array is returned dense: bounded, as its shape costs the file nothing
 # mshadow TypeFlag -> numpy dtype; 12 is bfloat16, which numpy lacks: widened to float32 (exact)
 DTYPES: dict[int, str] = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7: "?", 8: "<i2",
                           9: "<u2", 10: "<u4", 11: "<u8", 12: "bfloat16"}
@@ -78,13 +80,13 @@ def _dtype(cur: _Cursor) -> str:
 
 
 def _payload(cur: _Cursor, dtype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python integers: dimensions near 2**63 must not wrap around
+    item = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+    if count > (len(cur.data) - cur.pos) // item:  # checked before anything is allocated
+        raise cur.fail(f"{what} of shape {shape} ({dtype}) is larger than the rest of the file (truncated?)")
     if dtype == "bfloat16":
         raw = np.frombuffer(cur.take(2 * count, what), "<u2").astype(np.uint32) << 16
         return raw.view(np.float32).reshape(shape)
-    item = np.dtype(dtype).itemsize
-    if count > (len(cur.data) - cur.pos) // item:  # checked before multiplying into a huge allocation
-        raise cur.fail(f"{what} of shape {shape} ({dtype}) is larger than the rest of the file (truncated?)")
     return np.frombuffer(cur.take(count * item, what), dtype).reshape(shape).copy()
 
 
@@ -96,11 +98,17 @@ def _sparse(cur: _Cursor, stype: int, shape: tuple[int, ...], storage: tuple[int
     for _ in range(n_aux):
         aux_dtype = _dtype(cur)
         aux_shape = _shape(cur)
-        if aux_shape is None:
-            raise cur.fail("sparse array with an unknown aux shape")
+        if aux_shape is None or len(aux_shape) != 1:
+            raise cur.fail(f"sparse array with aux shape {aux_shape} (expected one dimension)")
         aux.append((aux_dtype, aux_shape))
-    if storage is None or int(np.prod(storage)) == 0:  # MXNet sometimes writes (0,): rebuild it from the aux
+    if storage is None or math.prod(storage) == 0:  # MXNet sometimes writes (0,): rebuild it from the aux
         storage = (aux[0][1][0],) + shape[1:] if stype == 1 else (aux[1][1][0],)
+    expected = (storage[0],) + shape[1:] if stype == 1 else storage[:1]
+    if len(shape) < 1 or (stype == 2 and len(shape) != 2) or tuple(storage) != expected:
+        raise cur.fail(f"{_STYPES[stype]} storage shape {storage} does not fit the array shape {shape}")
+    if math.prod(shape) * 8 > max(MAX_SPARSE_DENSE_BYTES, 64 * len(cur.data)):
+        raise cur.fail(f"{_STYPES[stype]} array of shape {shape} would take more than "
+                       f"{MAX_SPARSE_DENSE_BYTES // 2**20} MiB dense")
     values = _payload(cur, dtype, storage, "sparse values")
     arrays = [_payload(cur, d, s, "sparse aux array").astype(np.int64) for d, s in aux]
     dense = np.zeros(shape, values.dtype)

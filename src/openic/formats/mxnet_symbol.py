@@ -20,7 +20,7 @@ RESNET_OPS = frozenset({"null", "_copy", "BatchNorm", "Convolution", "Activation
                         "_Plus", "_plus", "Flatten", "FullyConnected", "SoftmaxOutput", "Softmax", "softmax",
                         "LogisticRegressionOutput", "Dropout"})
 REQUIRED_NODES = {"bn_data": "BatchNorm", "conv0": "Convolution", "bn1": "BatchNorm", "fc1": "FullyConnected"}
-_UNIT_CONV = re.compile(r"stage(\d+)_unit(\d+)_conv(\d+)")
+_UNIT_CONV = re.compile(r"stage(\d{1,6})_unit(\d{1,6})_conv(\d{1,6})")
 _MAX_NODES = 1_000_000  # ResNet-200 has a few thousand
 
 
@@ -72,7 +72,7 @@ def _int_attr(node: Node, key: str, source: str) -> int:
 
 
 def _kernel(node: Node, source: str) -> int:
-    dims = re.findall(r"-?\d+", node.attrs.get("kernel", ""))
+    dims = re.findall(r"-?\d{1,9}", node.attrs.get("kernel", "")[:100])
     if len(dims) != 2 or dims[0] != dims[1]:
         raise ClientError(f"{source}: node {node.name!r} has kernel={shown(node.attrs.get('kernel'))}; expected "
                           f"a square kernel such as (3, 3)")
@@ -94,6 +94,34 @@ def _check_family(nodes: list[Node], source: str) -> dict[str, Node]:
     return by_name
 
 
+# What symbols/resnet.py sets, where another value would make the imported network compute something else.
+_EXPECTED_ATTRS = {"Activation": {"act_type": ("relu",)}, "Pooling": {"pool_type": ("avg", "max")}}
+
+
+def _check_attrs(nodes: list[Node], source: str) -> None:
+    """Activations are ReLU, pools max (stem) or global average (head), BatchNorm eps 2e-5 with fixed gamma only
+    on ``bn_data``, convolution strides 1 or 2: anything else would import and predict wrongly."""
+    problems = []
+    for n in nodes:
+        for key, allowed in _EXPECTED_ATTRS.get(n.op, {}).items():
+            if n.attrs.get(key, allowed[0]).strip().lower() not in allowed:
+                problems.append(f"{n.name} {key}={n.attrs[key]}")
+        if n.op == "Pooling" and n.name != "pooling0" and n.attrs.get("global_pool", "False") != "True":
+            problems.append(f"{n.name} is not a global pool")
+        if n.op == "BatchNorm":
+            eps = n.attrs.get("eps", "0.001")
+            fix = n.attrs.get("fix_gamma", "True") == "True"
+            if not re.fullmatch(r"\s*(2e-0?5|2\.0*e-0?5|0\.00002)\s*", eps):
+                problems.append(f"{n.name} eps={eps}")
+            if fix != (n.name == "bn_data"):
+                problems.append(f"{n.name} fix_gamma={n.attrs.get('fix_gamma', 'True (default)')}")
+        if n.op == "Convolution" and n.attrs.get("stride", "(1, 1)").replace(" ", "") not in ("(1,1)", "(2,2)"):
+            problems.append(f"{n.name} stride={n.attrs['stride']}")
+    if problems:
+        raise ClientError(f"{source}: the graph has SageMaker's ResNet layout but other settings, so it would not "
+                          f"predict the same: {', '.join(problems[:5])}{', ...' if len(problems) > 5 else ''}")
+
+
 def resnet_graph(nodes: list[Node], source: str) -> ResNetGraph:
     """The ResNet layout of a SageMaker image-classification symbol.
 
@@ -102,6 +130,7 @@ def resnet_graph(nodes: list[Node], source: str) -> ResNetGraph:
             ``fc1``), or its stages are not numbered 1..S with units 1..U.
     """
     by_name = _check_family(nodes, source)
+    _check_attrs(nodes, source)
     convs: dict[int, dict[int, dict[int, Node]]] = {}
     for name, node in by_name.items():
         m = _UNIT_CONV.fullmatch(name)

@@ -5,7 +5,8 @@ The numpy/Pillow code there is the reference: it gives MXNet's bytes and pixels 
 the same work 3-40x faster, but only where this OpenCV build gives exactly the reference's output: at first use,
 each path (JPEG, PNG, resize) is run on probe images against the reference, and a path that differs is not used
 (logged once), since libjpeg, zlib and SIMD code vary between OpenCV builds. ``OPENIC_OPENCV=0`` turns all of
-them off. OpenCV's own thread pool is set to one thread: callers (im2rec's ``--num-thread``) choose the threads.
+them off. When openic loads OpenCV it sets OpenCV's thread pool to one thread (process-wide, so a program that
+also uses OpenCV itself sees that): callers such as im2rec's ``--num-thread`` choose the parallelism.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _probes() -> list[np.ndarray]:
     rng = np.random.default_rng(20261204)
     smooth = np.add.outer(np.arange(37), np.arange(29)).astype(np.uint8)
     return [rng.integers(0, 256, (23, 31, 3), dtype=np.uint8), rng.integers(0, 256, (16, 16), dtype=np.uint8),
-            np.stack([smooth, smooth[::-1], 255 - smooth], -1), np.zeros((9, 40, 3), np.uint8)]
+            np.stack([smooth, smooth[::-1], 255 - smooth], -1), np.zeros((9, 40, 3), np.uint8),
+            rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), rng.integers(0, 256, (14, 22, 4), dtype=np.uint8)]
 
 
 def _passes(kind: str, reference: Callable[..., Any]) -> bool:
@@ -61,7 +63,7 @@ def _passes(kind: str, reference: Callable[..., Any]) -> bool:
                 for hw in ((7, 11), (50, 61), (img.shape[0] // 2, img.shape[1] // 2), (img.shape[0], 3)):
                     if not np.array_equal(_resize(img, *hw), reference(img, *hw)):
                         return False
-            else:
+            elif img.ndim == 2 or img.shape[2] == 3:  # the encoders take gray or RGB
                 enc = ".jpg" if kind == "jpeg" else ".png"
                 for q in ((95, 50, 100) if kind == "jpeg" else (9, 1, 3)):
                     if _encode(img, enc, q) != reference(img, enc, q):

@@ -22,7 +22,9 @@ class Model:
 
     def deploy(self, initial_instance_count: int = 1, instance_type: str | None = None, serializer: Any = None,
                deserializer: Any = None, endpoint_name: str | None = None, **kwargs: Any) -> Any:
-        """Check the artifact (a damaged one fails here, naming the file), then serve it with ``openic serve``."""
+        """Check the artifact's listing and metadata (a foreign or malformed one fails here, naming the file), then
+        serve it with ``openic serve``; weights that do not load stop the server, whose log the error names.
+        SageMaker's other arguments (``env``, ``predictor_cls``, ...) are accepted and have no effect here."""
         from openic.artifacts.model import read_model_metadata
         from openic.sdk.predictor import check_deploy, start_endpoint
         from openic.storage.local import local_path

@@ -69,9 +69,8 @@ def start_endpoint(model_data: str, endpoint_name: str, serializer: Any = None, 
             argv += [f"--{key}", str(options[key])]
     logs = openic_home() / "endpoints"  # not beside the model: it may sit in a read-only folder
     logs.mkdir(parents=True, exist_ok=True)
-    log = open(logs / f"{endpoint_name}.log", "ab")  # noqa: SIM115 - kept by the child
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    log.close()
+    with open(logs / f"{endpoint_name}.log", "ab") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:

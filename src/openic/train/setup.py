@@ -149,12 +149,13 @@ def _load_incremental(model: nn.Module, hp: HyperParameters, path: Path) -> None
 def _pretrained_state(hp: HyperParameters, source: Path) -> dict[str, torch.Tensor]:
     """The weights of ``source``: openic artifact / folder / .safetensors, or an MXNet checkpoint (SageMaker's
     artifact, MXNet's published ``resnet-N-symbol.json`` + ``resnet-N-0000.params``, a folder holding several)."""
+    params = None  # a .params file named by the user: exactly that one, not the highest NNNN beside it
     if source.is_file() and source.suffix == ".params":
         match = mxnet_import.PARAMS_RE.fullmatch(source.name)
         if not match:
             raise ClientError(f"pretrained weights {source}: an MXNet checkpoint file is named PREFIX-NNNN.params "
                               f"(e.g. resnet-{hp.num_layers}-0000.params) with PREFIX-symbol.json beside it")
-        source, prefix = source.parent, match.group(1)
+        source, prefix, params = source.parent, match.group(1), source.name
     elif source.is_dir() and (source / f"resnet-{hp.num_layers}{mxnet_import.SYMBOL_SUFFIX}").is_file():
         prefix = f"resnet-{hp.num_layers}"
     elif source.is_dir() and not (source / "model.safetensors").exists() and \
@@ -167,7 +168,7 @@ def _pretrained_state(hp: HyperParameters, source: Path) -> dict[str, torch.Tens
     if source.suffix == ".safetensors":
         return load_weights_file(source)
     if prefix is not None or artifact_format(source) == mxnet_import.FORMAT:
-        meta, state = load_mxnet_weights(source, hp.image_shape, prefix)
+        meta, state = load_mxnet_weights(source, hp.image_shape, prefix, params)
         if meta["num_layers"] != hp.num_layers:
             raise ClientError(f"pretrained weights {source} are ResNet-{meta['num_layers']}, but num_layers is "
                               f"{hp.num_layers}")
