@@ -4,16 +4,15 @@ Every ml-root is built in ``tmp_path`` with tiny ``.rec`` files written by openi
 real FIFOs fed by a writer thread. No Docker, no network (DNS is asked only about ``localhost`` and ``.invalid``).
 """
 
-import io
 import ipaddress
 import json
 import os
 import subprocess
-import tarfile
 import threading
 from pathlib import Path
 
 import pytest
+from mxnet_helpers import write_tar
 
 from openic.data.sources import RecordSource
 from openic.errors import ClientError
@@ -255,31 +254,22 @@ def test_prepare_pipe_channels_spools_epoch_0_and_repoints_the_channel(tmp_path)
 
 # ---- publish_model ----
 
-def make_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_publish_model_puts_the_archive_contents_into_model_dir(tmp_path):
     members = {"model.safetensors": b"weights", "model.json": b"{}", "extra/classes.txt": b"cat\ndog\n"}
     model_dir = tmp_path / "ml" / "model"
     model_dir.mkdir(parents=True)
-    inside = make_tar(model_dir / "model.tar.gz", members)
+    inside = write_tar(model_dir / "model.tar.gz", members)
     publish_model(inside, model_dir)
     assert {p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()} == set(members)
     assert (model_dir / "extra" / "classes.txt").read_bytes() == b"cat\ndog\n"
     assert not inside.exists()  # else SageMaker's model.tar.gz would hold a copy of itself
-    elsewhere = make_tar(tmp_path / "out.tar.gz", members)
+    elsewhere = write_tar(tmp_path / "out.tar.gz", members)
     publish_model(elsewhere, tmp_path / "other")
     assert elsewhere.exists() and (tmp_path / "other" / "model.json").read_bytes() == b"{}"
 
 
 def test_publish_model_refuses_a_member_escaping_model_dir(tmp_path):
-    bad = make_tar(tmp_path / "bad.tar.gz", {"model.json": b"{}", "../escape": b"x"})
+    bad = write_tar(tmp_path / "bad.tar.gz", {"model.json": b"{}", "../escape": b"x"})
     with pytest.raises(ClientError, match=r"bad\.tar\.gz: refusing tar member '\.\./escape'"):
         publish_model(bad, tmp_path / "model")
     assert not (tmp_path / "escape").exists() and not (tmp_path / "model" / "model.json").exists()
