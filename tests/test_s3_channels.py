@@ -94,3 +94,64 @@ def test_workshop_s3_cells_upload_then_fit(bucket_with_data, tmp_path, monkeypat
         assert len(json.loads(predictor.predict(jpeg, initial_args={"ContentType": "application/x-image"}))) == 10
     finally:
         predictor.delete_endpoint()
+
+
+def _pipe(train: str, val: str, out, env_cache, *extra: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ) | {"OPENIC_S3_CACHE": str(env_cache)}
+    return subprocess.run([sys.executable, "-m", "openic", "train", "--train", train, "--validation", val,
+                           "--output-dir", str(out), "--input-mode", "Pipe", *HP, *extra], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_pipe_source_reads_what_the_file_holds_by_ranged_gets_only(bucket_with_data):
+    import torch
+    from s3_helpers import gets
+
+    from openic.data.loader import BatchStream, cache_images
+    from openic.data.pipe import PipeRecordSource, pipe_uris
+    from openic.data.sources import RecordSource
+    from openic.data.transforms import Augmenter
+
+    bucket, train, _ = bucket_with_data
+    uris = pipe_uris(f"s3://{bucket}/data/train/")
+    assert uris == [f"s3://{bucket}/data/train/train.rec"]
+    pipe, local = PipeRecordSource(uris), RecordSource([train])
+    assert len(pipe) == len(local) == 48 and (pipe.labels == local.labels).all()
+    assert all(pipe.read(i) == local.read(i) for i in (0, 17, 47, 3))
+    assert torch.equal(cache_images(pipe, 1, None, 4096, workers=2).images,
+                       cache_images(local, 1, None, 4096).images)  # forked decoders open their own reader
+    aug = Augmenter(None, (1, 28, 28), None)
+    a = list(BatchStream(pipe, aug, 16, True, seed=3, workers=2))  # DataLoader workers: the source pickled
+    b = list(BatchStream(local, aug, 16, True, seed=3, workers=2))
+    assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b, strict=True))
+    ranges = gets(bucket, "data/train/train.rec")
+    assert ranges and None not in ranges  # never one whole-object GET
+
+
+@pytest.mark.slow
+def test_pipe_mode_trains_like_local_files_without_a_local_copy(bucket_with_data, tmp_path):
+    bucket, train, val = bucket_with_data
+    remote = _pipe(f"s3://{bucket}/data/train/", f"s3://{bucket}/data/validation/val.rec", tmp_path / "pipe",
+                   tmp_path / "cache")
+    assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-2000:]
+    assert "in Pipe mode" in remote.stdout + remote.stderr
+    assert _train(str(train), str(val), tmp_path / "localout", tmp_path / "cache2").returncode == 0
+    assert _val_accuracy(tmp_path / "pipe") == _val_accuracy(tmp_path / "localout")
+    assert not list((tmp_path / "cache").rglob("*.rec"))  # nothing copied
+
+
+def test_pipe_mode_errors_name_the_problem(bucket_with_data, tmp_path):
+    bucket, train, val = bucket_with_data
+    s3 = client()
+    s3.put_object(Bucket=bucket, Key="imgs/a.jpg", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="cut/t.rec", Body=train.read_bytes()[:-10])
+    cases = [(str(train), f"s3://{bucket}/data/validation/", "Pipe mode reads s3:// RecordIO"),
+             (f"s3://{bucket}/imgs/", f"s3://{bucket}/data/validation/", "there is no .rec object here"),
+             (f"s3://{bucket}/cut/t.rec", f"s3://{bucket}/data/validation/", f"s3://{bucket}/cut/t.rec: truncated")]
+    for i, (tr, va, says) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        proc = _pipe(tr, va, out, tmp_path / "cache")
+        text = proc.stderr + ((out / "failure").read_text() if (out / "failure").exists() else "")
+        assert proc.returncode == 2 and says in text, (says, text[-1500:])

@@ -105,6 +105,7 @@ def test_v1_names_warn_and_work(tmp_path):
     ({"instance_count": 1000}, "instance_count 1000"),
     ({"image_uri": "xgboost:1"}, "image-classification"),
     ({"trian_instance_count": 1}, "trian_instance_count"),
+    ({"input_mode": "Stream"}, "input_mode 'Stream' is not valid"),
 ])
 def test_bad_estimator_arguments(kwargs, says):
     with pytest.raises(ClientError, match=says):
@@ -234,3 +235,11 @@ def test_tracking_failure_never_fails_training(small, tmp_path, monkeypatch):
     est.fit(_inputs(small), job_name="ic-untracked", logs=False)
     assert job_store.load_job("ic-untracked")["TrainingJobStatus"] == "Completed"
     assert np.isfinite(next(m["Value"] for m in job_store.load_job("ic-untracked")["FinalMetricDataList"]))
+
+
+def test_pipe_mode_needs_s3_channels(tmp_path):
+    est = Estimator(role="r", instance_type="local", input_mode="Pipe", hyperparameters={
+        "num_classes": 2, "num_training_samples": 4})
+    (tmp_path / "t.rec").write_bytes(b"")
+    with pytest.raises(ClientError, match="train channel: Pipe mode reads s3:// RecordIO"):
+        est.fit({"train": str(tmp_path / "t.rec"), "validation": str(tmp_path / "t.rec")})

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     channels.add_argument("--train-lst", "--train_lst", dest="train_lst", help=".lst file or folder (or s3://)")
     channels.add_argument("--validation-lst", "--validation_lst", dest="validation_lst")
     channels.add_argument("--model", help="earlier model.tar.gz (incremental training; or s3://)")
+    channels.add_argument("--input-mode", "--input_mode", dest="input_mode", choices=("File", "FastFile", "Pipe"),
+                          default="File", help="SageMaker's TrainingInputMode: File (s3:// data copied once into "
+                          "the cache; the default) or Pipe (train and validation are s3:// RecordIO, read straight "
+                          "from S3)")
     add_run_options(p)
     add_launch_options(p)
     p.add_argument("--hyperparameters", type=Path, help="JSON object of hyperparameters (SageMaker's file)")
@@ -138,13 +142,8 @@ def _extra_pairs(tokens: list[str]) -> dict[str, str]:
     return pairs
 
 
-def _optional(value: str | None) -> Path | None:
-    from openic.storage.local import local_path
-
-    return None if value is None else local_path(value)
-
-
 def run_train(args: argparse.Namespace) -> int:
+    from openic.data.pipe import make_channel
     from openic.data.sources import Channel
     from openic.logs import setup_logging
     from openic.storage.local import local_path
@@ -171,8 +170,8 @@ def run_train(args: argparse.Namespace) -> int:
         if code and outputs.remote and launch.node_rank == 0:  # the launcher's failure file, when a rank died
             outputs.push_all()
         return code
-    channels = {"train": Channel("train", local_path(args.train), _optional(args.train_lst)),
-                "validation": Channel("validation", local_path(args.validation), _optional(args.validation_lst))}
+    channels = {name: make_channel(name, getattr(args, name), getattr(args, f"{name}_lst"), args.input_mode)
+                for name in ("train", "validation")}
     if args.model is not None:
         channels["model"] = Channel("model", local_path(args.model))
     options = run_options(args)

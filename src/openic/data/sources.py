@@ -109,6 +109,7 @@ class Channel:
     name: str
     path: Path
     lst: Path | None = None
+    pipe_uri: str | None = None  # Pipe mode: RecordIO read straight from this s3:// location (``path`` unused)
 
 
 def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str],
@@ -184,6 +185,13 @@ def open_channel(channel: Channel, *, label_format: str = "multi-hot", num_class
     named (file:line, or file and record) in the error.
     """
     path, name = channel.path, channel.name
+    if channel.pipe_uri is not None:
+        from openic.data.pipe import PipeRecordSource, pipe_uris
+
+        if channel.lst is not None:
+            raise ClientError(f"{name} channel: Pipe mode reads RecordIO only; a .lst channel needs File mode")
+        log.info("Reading the %s channel in Pipe mode from %s", name, channel.pipe_uri)
+        return PipeRecordSource(pipe_uris(channel.pipe_uri), num_classes=num_classes)
     if not path.exists():
         raise FileNotFoundError(f"{name} channel: {path} does not exist")
     if channel.lst is not None:

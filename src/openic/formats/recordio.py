@@ -130,6 +130,33 @@ def _read_record(buf: bytes | mmap.mmap, pos: int, end: int, name: str) -> tuple
     return bytes(data), RecordSpan(start, parts, pos - start)
 
 
+def scan_stream(f: IO[bytes], name: str, start: int = 0) -> Iterator[tuple[bytes, RecordSpan]]:
+    """Logical records read forward from a file object positioned at ``start`` (a pipe, a ranged S3 object):
+    each record's parts are read, then checked by the same rules as :class:`RecordReader`'s."""
+    pos = start
+    while True:
+        head = f.read(8)
+        if not head:
+            return
+        parts = [head]
+        while len(head) == 8:
+            magic, lrec = _PART_HEAD.unpack(head)
+            length = lrec & MAX_LENGTH
+            body = f.read(length + (-length % 4))
+            parts.append(body)
+            if magic != MAGIC or len(body) < length + (-length % 4) or lrec >> LENGTH_BITS in (0, 3):
+                break
+            head = f.read(8)
+            parts.append(head)
+        buf = b"".join(parts)
+        try:
+            record, span = _read_record(buf, 0, len(buf), name)
+        except DataError as e:
+            raise DataError(f"{e} (in the record that starts at offset {pos})") from None
+        yield record, RecordSpan(pos, span.parts, span.size)
+        pos += span.size
+
+
 # --------------------------------------------------------------------------- index files
 
 

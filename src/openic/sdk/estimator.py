@@ -59,6 +59,9 @@ class Estimator:
             raise ClientError(f"Estimator got unknown argument(s) {', '.join(unknown)}; accepted: "
                               f"{', '.join(ACCEPTED + tuple(V1_NAMES))}")
         image_uri = kwargs.pop("image_uri", image_uri)
+        self.input_mode = kwargs.pop("input_mode", None) or "File"
+        if self.input_mode not in ("File", "FastFile", "Pipe"):
+            raise ClientError(f"input_mode {shown(self.input_mode)} is not valid; expected File, FastFile or Pipe")
         instance_count = kwargs.pop("instance_count", instance_count)
         instance_type = kwargs.pop("instance_type", instance_type)
         if isinstance(instance_count, bool) or not isinstance(instance_count, int) or \
@@ -116,12 +119,18 @@ class Estimator:
             run_options["label_format"] = channels["train"].label_format
         # unknown or out-of-range options, before any work (S3 locations are staged by the job itself)
         train_config({**run_options, "output_dir": Path("."), "checkpoint_dir": None})
+        modes = {k: v.input_mode or self.input_mode for k, v in channels.items() if k in ("train", "validation")}
+        for k, mode in modes.items():
+            if mode == "Pipe" and not is_s3(channels[k].s3_data):
+                raise ClientError(f"{k} channel: Pipe mode reads s3:// RecordIO; {channels[k].s3_data} is a local "
+                                  "path (File mode reads it as it is)")
         spec = {"job_name": name, "output_dir": str(out), "hyperparameters": self._hyperparameters,
                 "channels": {k: v.s3_data for k, v in channels.items()}, "run_options": run_options, "mlflow": True,
+                "input_modes": modes,
                 "instance_count": self.instance_count}
         jobs.create_job({"TrainingJobName": name, "TrainingJobStatus": "InProgress", "CreationTime": jobs.now(),
                          "HyperParameters": self._hyperparameters, "AlgorithmSpecification": {
-                             "TrainingImage": self.image_uri or "openic", "TrainingInputMode": "File"},
+                             "TrainingImage": self.image_uri or "openic", "TrainingInputMode": self.input_mode},
                          "InputDataConfig": [{"ChannelName": k, "DataSource": v.s3_data,
                                               "ContentType": v.content_type} for k, v in channels.items()],
                          "OutputDataConfig": {"S3OutputPath": str(self.output_path)},

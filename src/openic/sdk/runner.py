@@ -28,14 +28,14 @@ FAILURE_REASON_LIMIT = 1024  # SageMaker keeps the first 1024 characters of /opt
 
 
 def _channels(spec: dict[str, Any]) -> dict[str, object]:
+    from openic.data.pipe import make_channel
     from openic.data.sources import Channel
     from openic.storage.local import local_path  # s3:// channels: copied once into this host's cache (File mode)
 
-    raw = spec["channels"]
+    raw, modes = spec["channels"], spec.get("input_modes", {})
     out: dict[str, object] = {}
     for name in ("train", "validation"):
-        lst = raw.get(f"{name}_lst")
-        out[name] = Channel(name, local_path(raw[name]), local_path(lst) if lst else None)
+        out[name] = make_channel(name, raw[name], raw.get(f"{name}_lst"), modes.get(name))
     if raw.get("model"):
         out["model"] = Channel("model", local_path(raw["model"]))
     return out
