@@ -26,12 +26,13 @@ def bucket_with_data(s3_env, digits_set, tmp_path):
     return s3_env, train, val
 
 
-def _train(train: str, val: str, out, env_cache) -> subprocess.CompletedProcess:
+def _train(train: str, val: str, out, env_cache, *extra: str) -> subprocess.CompletedProcess:
     import os
 
     env = dict(os.environ) | {"OPENIC_S3_CACHE": str(env_cache)}
     return subprocess.run([sys.executable, "-m", "openic", "train", "--train", train, "--validation", val,
-                           "--output-dir", str(out), *HP], capture_output=True, text=True, timeout=300, env=env)
+                           "--output-dir", str(out), *HP, *extra], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def _val_accuracy(out) -> float:
@@ -97,12 +98,7 @@ def test_workshop_s3_cells_upload_then_fit(bucket_with_data, tmp_path, monkeypat
 
 
 def _pipe(train: str, val: str, out, env_cache, *extra: str) -> subprocess.CompletedProcess:
-    import os
-
-    env = dict(os.environ) | {"OPENIC_S3_CACHE": str(env_cache)}
-    return subprocess.run([sys.executable, "-m", "openic", "train", "--train", train, "--validation", val,
-                           "--output-dir", str(out), "--input-mode", "Pipe", *HP, *extra], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return _train(train, val, out, env_cache, "--input-mode", "Pipe", *extra)
 
 
 def test_pipe_source_reads_what_the_file_holds_by_ranged_gets_only(bucket_with_data):
