@@ -41,15 +41,21 @@ def _val_accuracy(out) -> float:
 
 
 @pytest.mark.slow
-def test_s3_channels_train_like_local_files(bucket_with_data, tmp_path):
+@pytest.mark.parametrize("mode", ["File", "Pipe"])
+def test_s3_channels_train_like_local_files(bucket_with_data, tmp_path, mode):
+    """File mode copies the objects into the cache once; Pipe mode reads them from S3 and copies nothing."""
     bucket, train, val = bucket_with_data
-    remote = _train(f"s3://{bucket}/data/train/", f"s3://{bucket}/data/validation/", tmp_path / "s3out",
-                    tmp_path / "cache")
+    remote = _train(f"s3://{bucket}/data/train/", f"s3://{bucket}/data/validation/val.rec", tmp_path / "s3out",
+                    tmp_path / "cache", "--input-mode", mode)
     assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-2000:]
-    local = _train(str(train), str(val), tmp_path / "localout", tmp_path / "cache")
+    local = _train(str(train), str(val), tmp_path / "localout", tmp_path / "cache2")
     assert local.returncode == 0
     assert _val_accuracy(tmp_path / "s3out") == _val_accuracy(tmp_path / "localout")  # same batches, same result
-    assert (tmp_path / "cache" / bucket / "data" / "train" / "train.rec").read_bytes() == train.read_bytes()
+    if mode == "File":
+        assert (tmp_path / "cache" / bucket / "data" / "train" / "train.rec").read_bytes() == train.read_bytes()
+    else:
+        assert "in Pipe mode" in remote.stdout + remote.stderr
+        assert not list((tmp_path / "cache").rglob("*.rec"))  # nothing copied
 
 
 def test_missing_s3_key_is_a_client_error_naming_it(bucket_with_data, tmp_path):
@@ -124,18 +130,6 @@ def test_pipe_source_reads_what_the_file_holds_by_ranged_gets_only(bucket_with_d
     assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b, strict=True))
     ranges = gets(bucket, "data/train/train.rec")
     assert ranges and None not in ranges  # never one whole-object GET
-
-
-@pytest.mark.slow
-def test_pipe_mode_trains_like_local_files_without_a_local_copy(bucket_with_data, tmp_path):
-    bucket, train, val = bucket_with_data
-    remote = _pipe(f"s3://{bucket}/data/train/", f"s3://{bucket}/data/validation/val.rec", tmp_path / "pipe",
-                   tmp_path / "cache")
-    assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-2000:]
-    assert "in Pipe mode" in remote.stdout + remote.stderr
-    assert _train(str(train), str(val), tmp_path / "localout", tmp_path / "cache2").returncode == 0
-    assert _val_accuracy(tmp_path / "pipe") == _val_accuracy(tmp_path / "localout")
-    assert not list((tmp_path / "cache").rglob("*.rec"))  # nothing copied
 
 
 def test_pipe_mode_errors_name_the_problem(bucket_with_data, tmp_path):
