@@ -91,3 +91,28 @@ def test_too_little_shared_memory_decodes_in_one_process(rec, monkeypatch, caplo
         got = cache_images(RecordSource([rec]), 3, None, 4096, workers=2)
     assert "Decoding in one process" in caplog.text
     assert torch.equal(got.images, cache_images(RecordSource([rec]), 3, None, 4096, workers=1).images)
+
+
+def test_streamed_batches_do_not_depend_on_the_worker_count(tmp_path):
+    mixed = _rec(tmp_path / "mixed.rec", 200, sizes=((20, 24),) * 150 + ((30, 24),) * 50)  # some batches mixed
+    source = RecordSource([mixed])
+    aug = Augmenter("crop", (3, 16, 16), None)
+    runs = []
+    for workers in (0, 2):
+        stream = BatchStream(source, aug, 32, True, seed=9, workers=workers)
+        stream.set_epoch(1)
+        runs.append(list(stream))
+    assert len(runs[0]) == len(runs[1]) == 7
+    for (xa, ya), (xb, yb) in zip(*runs, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.shape[1:] == (3, 16, 16)
+
+
+def test_a_bad_image_in_a_streamed_batch_is_named(tmp_path):
+    path = _rec(tmp_path / "bad.rec", 64)
+    data = bytearray(path.read_bytes())
+    _, offset = RecordSource([path]).locations[40]
+    data[offset + 40: offset + 200] = b"\x00" * 160
+    path.write_bytes(bytes(data))
+    stream = BatchStream(RecordSource([path]), Augmenter("crop", (3, 16, 16), None), 16, True, seed=1, workers=0)
+    with pytest.raises(Exception, match=r"record 40 at offset"):
+        list(stream)
