@@ -6,25 +6,15 @@ file that loads faster (safetensors, no name mapping) and records where it came 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from openic.artifacts import mxnet_import
 from openic.artifacts.model import archive_in, load_model, save_model
 from openic.errors import ClientError
+from openic.prep.download import file_digest
 
 log = logging.getLogger(__name__)
-
-
-def _md5(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def import_mxnet(source: Path, dest: Path, *, epoch: int | None = None) -> Path:
@@ -44,7 +34,8 @@ def import_mxnet(source: Path, dest: Path, *, epoch: int | None = None) -> Path:
     if meta.get("format") != mxnet_import.FORMAT:
         raise ClientError(f"{source} is already an openic artifact ({meta.get('format', 'openic-model')}); "
                           "nothing to import")
-    origin = {"format": mxnet_import.FORMAT, "source": str(source), "source_md5": _md5(source),
+    md5 = file_digest(source, "md5") if source.is_file() else None
+    origin = {"format": mxnet_import.FORMAT, "source": str(source), "source_md5": md5,
               "symbol": meta["mxnet"]["symbol"],
               "params": meta["checkpoints"].get(str(epoch), meta["mxnet"]["params"]) if epoch is not None
               else meta["mxnet"]["params"]}
