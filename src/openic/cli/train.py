@@ -16,7 +16,7 @@ from openic.cli.argtypes import location
 from openic.cli.hpflags import add_cli_arguments, from_cli_namespace
 from openic.errors import ClientError
 from openic.train.config import TrainConfig, flag_name
-from openic.train.job import DEMO_HYPERPARAMETERS, JobResult, run_job
+from openic.train.job import DEMO_HYPERPARAMETERS, JobResult, leave_if_finished_peer, run_job
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +179,7 @@ def run_train(args: argparse.Namespace) -> int:
         options["pretrained"] = local_path(options["pretrained"])  # s3:// weights: into the cache first
     job: JobResult = run_job(channels, options, hyperparameters_file=args.hyperparameters,
                              overrides=overrides)
-    return job.exit_code
+    return leave_if_finished_peer(job.exit_code)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

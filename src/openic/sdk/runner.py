@@ -130,8 +130,9 @@ def _host(spec_path: Path, spec: dict[str, Any], index: int, port: int) -> int:
 
 def _worker(spec: dict[str, Any]) -> int:
     """One rank of a multi-host job: the job contract alone (the top runner keeps the job record and tracking)."""
+    from openic.train.job import leave_if_finished_peer
 
-    return _run_job(spec, local_output(spec), None).exit_code
+    return leave_if_finished_peer(_run_job(spec, local_output(spec), None).exit_code)
 
 
 def _run_job(spec: dict[str, Any], out: Path, tracker: Any) -> Any:

@@ -23,7 +23,7 @@ from openic.train.container import (
     publish_model,
     resolve_master,
 )
-from openic.train.job import EXIT_CLIENT, EXIT_OK, is_main_process, run_job
+from openic.train.job import EXIT_CLIENT, EXIT_OK, is_main_process, leave_if_finished_peer, run_job
 from openic.train.launch import DEFAULT_PORT, LaunchOptions, launch, under_launcher
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def run_container(ml_root: Path, argv: list[str]) -> int:
     result = run_job(job.channels, options, overrides=job.hyperparameters)
     if result.exit_code == EXIT_OK and result.result is not None and is_main_process():
         publish_model(result.result.model_path, job.model_dir)
-    return result.exit_code
+    return leave_if_finished_peer(result.exit_code)
 
 
 def _client_error(output_dir: Path, error: ClientError) -> int:

@@ -11,6 +11,7 @@ so the global batch is ``mini_batch_size × hosts``. gloo carries the collective
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -105,8 +106,23 @@ def process_group(world: World, device: torch.device, timeout_s: int = DEFAULT_T
     log.info("Joined the process group: rank %d of %d (%d hosts, %s)", world.rank, world.size, world.hosts, backend)
     try:
         yield world
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no farewell barrier: a peer may be the one that failed
+        raise
+    _leave_together(world)
+
+
+def _leave_together(world: World) -> None:
+    """Tear the group down only once every rank is done with it, with nothing of ours still holding it.
+
+    A rank that tore gloo down while rank 0 was still writing the artifact, or whose group outlived
+    ``destroy_process_group`` into interpreter shutdown (a DDP reducer in a reference cycle), could abort in
+    gloo's C++ teardown ("terminate called without an active exception") and fail a finished job.
+    """
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    log.debug("Rank %d left the process group", world.rank)
 
 
 def _active() -> bool:

@@ -174,6 +174,20 @@ def is_main_process() -> bool:
     return rank.strip() in ("0", "")
 
 
+def leave_if_finished_peer(code: int) -> int:
+    """``code``, except that a non-zero rank whose job succeeded leaves now, without interpreter teardown.
+
+    It wrote nothing and holds nothing, and gloo's C++ destructors can abort during teardown ("terminate called
+    without an active exception"): the launcher would report a job in which every rank finished as failed.
+    """
+    if code != EXIT_OK or "WORLD_SIZE" not in os.environ or is_main_process():
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _guarded(channels: Mapping[str, object], options: TrainConfig | Mapping[str, object], out: Path,
              file: Path | None, overrides: Mapping[str, object], tracker: Tracker | None,
              main: bool = True, on_checkpoint: Callable[[], None] | None = None) -> JobResult:
