@@ -9,7 +9,7 @@ the same box would):
    32x32 JPEG per request, and the mean batch the server formed (from its ``/metrics``); then the model alone
    at that formed batch size, for the ≥80% target at concurrency 32.
 Prints a table of figures and the ratios against the issue's targets. Run:
-``.venv/bin/python bench/serve.py [--seconds 5] [--backends torch,onnx]``.
+``.venv/bin/python bench/serve.py [--seconds 5] [--backends torch,torch-bf16,onnx]``.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def report(backend: str, alone: dict, at_formed: dict, server: dict, mx: dict | 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="about how long each measurement runs")
-    p.add_argument("--backends", default="torch,onnx")
+    p.add_argument("--backends", default="torch,torch-bf16,onnx")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch/ORT/OMP threads (all cores)")
     p.add_argument("--port", type=int, default=18080)
     p.add_argument("--no-mxnet", action="store_true")

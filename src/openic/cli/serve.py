@@ -8,6 +8,7 @@ from pathlib import Path
 
 from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
+from openic.serving import BACKEND_HELP, BACKENDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch eager, or ONNX Runtime (exported once, cached beside the model; default: torch)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     p.add_argument("--preprocess", choices=("sagemaker", "validation"), default="sagemaker",
                    help="sagemaker: resize to HxW ignoring aspect, as SageMaker's endpoint does (default); "
                    "validation: training's shorter-side resize + centre crop, to match validation accuracy")

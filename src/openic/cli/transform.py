@@ -7,6 +7,7 @@ import os
 
 from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
+from openic.serving import BACKEND_HELP, BACKENDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--assemble-with", choices=("None", "Line"), default="Line",
                    help="how one object's responses are joined (default: %(default)s)")
     t.add_argument("--preprocess", choices=("sagemaker", "validation"), default="sagemaker")
-    t.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    t.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     t.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     t.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads")
     t.add_argument("--max-image-pixels", type=pixel_limit, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N")

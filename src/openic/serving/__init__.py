@@ -7,3 +7,8 @@
 
 Serving never imports training or tracking: the artifact and the evaluation transform are its only links.
 """
+
+BACKENDS = ("torch", "torch-bf16", "onnx")  # here, torch-free, so the CLI can offer them without loading torch
+BACKEND_HELP = ("torch: eager float32 (the default, MXNet's numbers); torch-bf16: bfloat16 weights and activations "
+                "(several times faster where the CPU has AMX or AVX-512 BF16, or on a GPU; probabilities differ "
+                "from float32 by ~1e-2); onnx: ONNX Runtime float32, exported once and cached beside the model")
