@@ -2,14 +2,14 @@
 
 One run, one machine, one thing at a time (the load generator shares the cores with the server, as a client on
 the same box would):
-1. the model alone (torch eager, then ONNX Runtime): latency at batch 1, throughput at batch 64, and decode + one
+1. the model alone (each backend: torch float32 and bfloat16, eager and ``--compile``d, ONNX Runtime): latency at batch 1, throughput at batch 64, and decode + one
    model call for one 32x32 JPEG — the floor a server's latency at concurrency 1 is held to;
 2. MXNet 1.9.1's forward of the same network (``bench/mxnet_forward.py`` in ``bench/.mxnet-venv``) at batch 1/64;
 3. the server on a ResNet-18 3x32x32 artifact: requests/s, p50 and p99 at concurrency 1, 8, 32, 64 with one
    32x32 JPEG per request, and the mean batch the server formed (from its ``/metrics``); then the model alone
    at that formed batch size, for the ≥80% target at concurrency 32.
 Prints a table of figures and the ratios against the issue's targets. Run:
-``.venv/bin/python bench/serve.py [--seconds 5] [--backends torch,torch-bf16,onnx]``.
+``.venv/bin/python bench/serve.py [--seconds 5] [--backends torch,torch-bf16+compiled,onnx]``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def model_alone(artifact: Path, backend: str, threads: int, seconds: float, batc
 
     from openic.serving.handler import IMAGE_TYPES, decode, load
 
-    predictor = load(artifact, backend=backend, threads=threads)
+    name, compiled = _split(backend)
+    predictor = load(artifact, backend=name, threads=threads, compile_batch=max(batches) if compiled else None)
     rows = {}
     for b in batches:
         x = torch.randint(0, 256, (b, *SHAPE), dtype=torch.uint8)
@@ -87,6 +88,12 @@ def model_alone(artifact: Path, backend: str, threads: int, seconds: float, batc
     t = timed(lambda: predictor.predict(predictor.preprocess(decode(body, jpeg_type, 3))), seconds)
     rows["decode+call"] = {"median_ms": t[len(t) // 2] * 1e3, "p99_ms": t[int(0.99 * (len(t) - 1))] * 1e3}
     return rows
+
+
+def _split(backend: str) -> tuple[str, bool]:
+    """``torch-bf16+compiled`` is the torch-bf16 backend with ``--compile``."""
+    name, _, suffix = backend.partition("+")
+    return name, suffix == "compiled"
 
 
 def mxnet_forward(threads: int, seconds: float) -> dict:
@@ -106,11 +113,12 @@ def metric(url: str, name: str) -> float:
 
 
 def start_server(artifact: Path, backend: str, threads: int, port: int) -> tuple[subprocess.Popen, str]:
+    name, compiled = _split(backend)
     cmd = [sys.executable, "-m", "openic", "serve", "--model", str(artifact), "--port", str(port), "--backend",
-           backend, "--threads", str(threads), "--max-batch", "64"]
+           name, "--threads", str(threads), "--max-batch", "64", *(["--compile"] if compiled else [])]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(1800):  # --compile compiles every batch bucket before /ping answers
         try:
             with urllib.request.urlopen(url + "/ping", timeout=1):
                 return proc, url
@@ -119,7 +127,7 @@ def start_server(artifact: Path, backend: str, threads: int, port: int) -> tuple
                 raise SystemExit(f"openic serve exited {proc.returncode}") from None
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("openic serve did not answer /ping in 60 s")
+    raise SystemExit("openic serve did not answer /ping in 3 minutes")
 
 
 def server_load(artifact: Path, backend: str, threads: int, seconds: float, port: int) -> dict:
@@ -172,7 +180,7 @@ def report(backend: str, alone: dict, at_formed: dict, server: dict, mx: dict | 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="about how long each measurement runs")
-    p.add_argument("--backends", default="torch,torch-bf16,onnx")
+    p.add_argument("--backends", default="torch,torch+compiled,torch-bf16,torch-bf16+compiled,onnx")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch/ORT/OMP threads (all cores)")
     p.add_argument("--port", type=int, default=18080)
     p.add_argument("--no-mxnet", action="store_true")

@@ -13,6 +13,8 @@ from openic.cli import main
 from openic.errors import ClientError
 from openic.formats.images import encode_image
 from openic.serving.app import ServeConfig, create_app
+from openic.serving.batching import BatchOptions
+from openic.serving.compiled import buckets
 from openic.serving.handler import load
 
 TRAINED = FIXTURES / "mxnet_models" / "resnet20_3x28x28_c10"  # trained by MXNet, with MXNet's probabilities
@@ -67,3 +69,55 @@ def test_predict_cli_takes_the_bf16_backend(artifact, tmp_path, capsys):
     path.write_bytes(encode_image(image(16, 16, seed=3), ".png"))
     assert main(["predict", "--model", str(artifact), "--backend", "torch-bf16", str(path)]) == 0
     assert str(path) in capsys.readouterr().out
+
+
+def test_buckets_cover_every_batch_within_twice_its_size():
+    assert buckets(1) == [1] and buckets(4) == [1, 2, 4] and buckets(6) == [1, 2, 4, 6]
+    for top in (1, 5, 32, 33):
+        for n in range(1, top + 1):
+            assert n <= next(b for b in buckets(top) if b >= n) < 2 * n
+    with pytest.raises(ClientError, match="1..1024, got 0"):
+        buckets(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "torch-bf16"])
+def test_compiled_backend_equals_the_eager_one_at_every_batch_size(artifact, backend, monkeypatch):
+    eager, compiled = load(artifact, backend=backend), load(artifact, backend=backend, compile_batch=4)
+    assert compiled.backend.name == f"{backend}+compiled" and compiled.backend.buckets == [1, 2, 4]
+    calls = []
+    run = compiled.backend._run
+    monkeypatch.setattr(compiled.backend, "_run", lambda x: calls.append(len(x)) or run(x))
+    batch = eager.preprocess([image(20 + i, 30 - i, seed=i) for i in range(7)])
+    for n in (1, 3, 4, 7):  # 3 pads to 4; 7 is 4 + 3 (padded to 4)
+        calls.clear()
+        got, want = compiled.predict(batch[:n]), eager.predict(batch[:n])
+        assert got.shape == want.shape == (n, 4)
+        np.testing.assert_allclose(got, want, atol=1e-4 if backend == "torch" else 2e-2, rtol=0)
+        assert calls == {1: [1], 3: [4], 4: [4], 7: [4, 4]}[n]
+
+
+def test_compile_is_refused_for_onnx_and_a_compiler_failure_is_a_client_error(artifact, monkeypatch):
+    with pytest.raises(ClientError, match="--compile applies to the torch backends, not onnx"):
+        load(artifact, backend="onnx", compile_batch=2)
+
+    def broken(model, **kwargs):
+        def forward(x):
+            raise RuntimeError("no working C++ compiler found")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(ClientError, match=r"torch.compile failed for a batch of 1 \(RuntimeError: no working C\+\+ "
+                                          r"compiler found\).*serve without --compile"):
+        load(artifact, compile_batch=2)
+
+
+@pytest.mark.slow
+def test_a_compiled_endpoint_answers_as_the_eager_one(artifact):
+    with TestClient(create_app(ServeConfig(model=str(artifact), compile=True,
+                                           batch=BatchOptions(max_batch=2)))) as c:
+        assert c.get("/ping").status_code == 200
+        a = c.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()
+    with TestClient(create_app(ServeConfig(model=str(artifact)))) as c:
+        b = c.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()
+    np.testing.assert_allclose(a, b, atol=1e-4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
-from openic.serving import BACKEND_HELP, BACKENDS
+from openic.serving import BACKEND_HELP, BACKENDS, COMPILE_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long a request waits for others to batch with (default: %(default)s)")
     s.add_argument("--max-queue", type=int, default=1024,
                    help="images allowed to wait; more are refused with 503 (default: %(default)s)")
+    s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.add_argument("--max-payload-mb", type=float,
                    help="largest request body (default: SAGEMAKER_MAX_PAYLOAD_IN_MB or 6)")
     s.set_defaults(func=run_serve)
@@ -66,7 +67,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ClientError(str(e).replace("max_", "--max-").replace("_", "-")) from None
     config = ServeConfig(model=str(model), backend=args.backend, preprocess=args.preprocess, max_payload_mb=payload,
                          max_image_pixels=args.max_image_pixels, threads=args.threads, workers=args.workers,
-                         batch=batch)
+                         batch=batch, compile=args.compile)
     serve(config, host=args.host, port=args.port)
     return 0
 

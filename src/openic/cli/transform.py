@@ -7,7 +7,7 @@ import os
 
 from openic.cli.argtypes import location, pixel_limit
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
-from openic.serving import BACKEND_HELP, BACKENDS
+from openic.serving import BACKEND_HELP, BACKENDS, COMPILE_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preprocess", choices=("sagemaker", "validation"), default="sagemaker")
     t.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     t.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    t.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     t.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads")
     t.add_argument("--max-image-pixels", type=pixel_limit, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, workers=args.workers,
                                max_payload_mb=max_payload_mb_from_env(DEFAULT_MAX_PAYLOAD_MB),
                                max_image_pixels=args.max_image_pixels, progress=not args.quiet)
-    report = transform_location(load(args.model, backend=args.backend), args.input, args.output, options)
+    predictor = load(args.model, backend=args.backend, compile_batch=options.batch_size if args.compile else None)
+    report = transform_location(predictor, args.input, args.output, options)
     print(f"transform: {report.done} written, {report.skipped} already done, {len(report.failed)} failed "
           f"-> {args.output}")
     return 1 if report.failed else 0

@@ -67,6 +67,8 @@ def start_endpoint(model_data: str, endpoint_name: str, serializer: Any = None, 
     for key in ("backend", "preprocess", "workers"):
         if key in options:
             argv += [f"--{key}", str(options[key])]
+    if options.get("compile"):  # openic's: torch.compile at start-up (openic.serving.compiled)
+        argv.append("--compile")
     logs = openic_home() / "endpoints"  # not beside the model: it may sit in a read-only folder
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{endpoint_name}.log", "ab") as log:  # the child keeps its own handle

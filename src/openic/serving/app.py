@@ -60,6 +60,12 @@ class ServeConfig:
     threads: int | None = None
     workers: int = 1
     batch: BatchOptions = field(default_factory=BatchOptions)
+    compile: bool = False
+
+    def load(self) -> Predictor:
+        """This config's model, compiled for its largest batch when ``compile`` is set."""
+        return load(self.model, backend=self.backend, threads=self.threads,
+                    compile_batch=self.batch.max_batch if self.compile else None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -117,7 +123,7 @@ class Endpoint:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.predictor is None:
-            self.predictor = load(self.config.model, backend=self.config.backend, threads=self.config.threads)
+            self.predictor = self.config.load()
         self.batcher = Batcher(self.predictor.predict, self.config.batch,
                                on_batch=self.metrics.batch_size.observe, on_depth=self.metrics.queue_depth.set)
         self.batcher.start()

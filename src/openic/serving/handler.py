@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,12 +68,13 @@ class TorchBackend:
         self.dtype = dtype
         self.name = "torch" if dtype == torch.float32 else "torch-bf16"
         self.model = model.eval().to(dtype=dtype, memory_format=torch.channels_last)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         self.device = next(model.parameters()).device
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             batch = torch.from_numpy(x).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-            return self.model(batch).float().cpu().numpy()
+            return self.forward(batch).float().cpu().numpy()
 
 
 def bf16_backend(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> TorchBackend:
@@ -158,7 +159,8 @@ class Predictor:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def load(path: str | Path, *, backend: str = "torch", threads: int | None = None) -> Predictor:
+def load(path: str | Path, *, backend: str = "torch", threads: int | None = None,
+         compile_batch: int | None = None) -> Predictor:
     """Load ``model.tar.gz`` (or its extracted folder, or an ``s3://`` URI of either, fetched once into this host's
     cache) for serving; a damaged or mismatched file fails here.
 
@@ -166,6 +168,8 @@ def load(path: str | Path, *, backend: str = "torch", threads: int | None = None
         backend: one of :data:`openic.serving.BACKENDS` (``torch`` eager float32, ``torch-bf16``, or ``onnx``:
             ONNX Runtime, the export cached beside the artifact).
         threads: intra-op threads for this process, so several workers do not oversubscribe the cores.
+        compile_batch: ``torch.compile`` a torch backend now for batches up to this size
+            (:mod:`openic.serving.compiled`); ``None`` runs it eagerly.
     """
     if backend not in BACKENDS:
         raise ClientError(f"backend must be one of {', '.join(BACKENDS)}, got {shown(backend)}")
@@ -181,10 +185,15 @@ def load(path: str | Path, *, backend: str = "torch", threads: int | None = None
         from openic.serving.onnx_backend import OnnxBackend
 
         impl = OnnxBackend.for_artifact(Path(path), loaded.model, shape, threads=threads)
-    elif backend == "torch-bf16":
-        impl = bf16_backend(loaded.model, shape)
     else:
-        impl = TorchBackend(loaded.model)
+        impl = bf16_backend(loaded.model, shape) if backend == "torch-bf16" else TorchBackend(loaded.model)
+    if compile_batch is not None:
+        if not isinstance(impl, TorchBackend):
+            raise ClientError(f"--compile applies to the torch backends, not {backend} (ONNX Runtime optimises its "
+                              "own graph)")
+        from openic.serving.compiled import CompiledBackend
+
+        impl = CompiledBackend(impl, shape, compile_batch)
     return Predictor(backend=impl, image_shape=shape, num_classes=int(loaded.metadata["num_classes"]),
                      multi_label=str(hp.get("multi_label", "0")) == "1", class_names=loaded.class_names,
                      resize=int(resize) if resize not in (None, "", "None") else None, source=str(path),
