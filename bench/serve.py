@@ -2,8 +2,9 @@
 
 One run, one machine, one thing at a time (the load generator shares the cores with the server, as a client on
 the same box would):
-1. the model alone (each backend: torch float32 and bfloat16, eager and ``--compile``d, ONNX Runtime): latency at batch 1, throughput at batch 64, and decode + one
-   model call for one 32x32 JPEG — the floor a server's latency at concurrency 1 is held to;
+1. the model alone, per backend (torch float32 and bfloat16, eager and ``--compile``d; ONNX Runtime): latency
+   at batch 1, throughput at batch 64, and decode + one model call for one 32x32 JPEG — the floor a server's
+   latency at concurrency 1 is held to;
 2. MXNet 1.9.1's forward of the same network (``bench/mxnet_forward.py`` in ``bench/.mxnet-venv``) at batch 1/64;
 3. the server on a ResNet-18 3x32x32 artifact: requests/s, p50 and p99 at concurrency 1, 8, 32, 64 with one
    32x32 JPEG per request, and the mean batch the server formed (from its ``/metrics``); then the model alone

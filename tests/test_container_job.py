@@ -3,6 +3,7 @@ a spot restart resumes, Pipe FIFOs are read, and two hosts from resourceconfig.j
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,13 +106,51 @@ def test_two_hosts_from_resourceconfig(recs, tmp_path):
     assert not (roots[1] / "model").exists() or not any((roots[1] / "model").iterdir())  # one copy of the model
 
 
-def test_sharded_by_s3_key_over_several_hosts_is_refused(recs, tmp_path):
-    root = _ml_root(tmp_path / "ml", recs, hosts=("127.0.0.1", "localhost"), current="127.0.0.1")
-    config = root / "input" / "config" / "inputdataconfig.json"
-    channels = json.loads(config.read_text())
-    channels["train"]["S3DistributionType"] = "ShardedByS3Key"
-    config.write_text(json.dumps(channels))
-    proc = _train(root)
-    assert proc.returncode == 2
-    failure = (root / "output" / "failure").read_text()
-    assert failure.startswith("ClientError:") and "ShardedByS3Key" in failure and "train" in failure
+@pytest.mark.slow
+def test_sharded_by_s3_key_gives_each_host_its_own_images(digits_set, tmp_path):
+    """Host 0 holds 40 training and 20 validation images, host 1 another 24 and 12: both run the same number of
+    batches (the shorter shard cycles), and validation is scored over the 32 images of both hosts."""
+    hosts = ("127.0.0.1", "localhost")
+    parts = [((0, 40), (0, 20)), ((40, 24), (20, 12))]  # (first, count)
+    roots = []
+    for i, (h, (train, val)) in enumerate(zip(hosts, parts, strict=True)):
+        d = tmp_path / f"data{i}"
+        d.mkdir()
+        recs = {"train": cut_rec(digits_set.train_rec, d / "train.rec", *train),
+                "validation": cut_rec(digits_set.val_rec, d / "val.rec", *val)}
+        root = _ml_root(tmp_path / f"host{i}", recs, hosts=hosts, current=h)
+        config = root / "input" / "config" / "inputdataconfig.json"
+        channels = json.loads(config.read_text())
+        for ch in channels.values():
+            ch["S3DistributionType"] = "ShardedByS3Key"
+        config.write_text(json.dumps(channels))
+        roots.append(root)
+    port = str(free_port())
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    procs = [subprocess.Popen([sys.executable, "-m", "openic", "train", "--sagemaker", "--ml-root", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=clean | {"OPENIC_MASTER_PORT": port}) for r in roots]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "train channel is ShardedByS3Key: 40 images on this host, 64 over 2 hosts; 40 per rank" in logs[0]
+    assert "train channel is ShardedByS3Key: 24 images on this host, 64 over 2 hosts; 40 per rank" in logs[1]
+    assert "validation channel is ShardedByS3Key: 12 images on this host, 32 over 2 hosts" in logs[1]
+    for log in logs:
+        assert "3 training batches of 16 images per epoch" in log  # ceil(40 / 16) on both hosts
+    accuracy = [re.findall(r"Epoch\[\d+\] Validation-accuracy=([0-9.]+)", log) for log in logs]
+    assert accuracy[0] == accuracy[1] and len(accuracy[0]) == 2
+    assert all(abs(float(a) * 32 - round(float(a) * 32)) < 1e-4 for a in accuracy[0])  # k of the 32 images
+    assert (roots[0] / "model" / "model-shapes.json").is_file()
+
+
+def test_a_host_with_fewer_sharded_images_than_processes_is_refused(digits_set, tmp_path):
+    from openic.data.sources import Channel
+    from openic.train.distributed import World
+    from openic.train.setup import _deal
+
+    class Tiny:
+        def __len__(self) -> int:
+            return 1
+
+    with pytest.raises(Exception, match="has 1 image\\(s\\) on this host, fewer than its 2 processes"):
+        _deal("train", Channel("train", tmp_path, sharded=True), Tiny(), World(0, 4, 0, 2))

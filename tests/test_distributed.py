@@ -288,3 +288,15 @@ def test_estimator_instance_count_two_is_two_hosts(uneven, tmp_path, monkeypatch
     client = mlflow.tracking.MlflowClient(tracking_uri=d["MlflowTrackingUri"])
     history = client.get_metric_history(d["MlflowRunId"], "validation:accuracy")
     assert len(history) == 2  # replayed from rank 0's metrics.jsonl
+
+
+def test_estimator_refuses_sharded_channels_over_local_hosts(uneven, tmp_path, monkeypatch):
+    from openic.sdk import Estimator, TrainingInput
+
+    monkeypatch.setenv("OPENIC_HOME", str(tmp_path / "home"))
+    est = Estimator(role="r", instance_count=2, instance_type="local", output_path=tmp_path / "jobs")
+    est.set_hyperparameters(num_layers=20, image_shape="1,28,28", num_classes=10, num_training_samples=101)
+    with pytest.raises(ClientError, match="train: ShardedByS3Key with instance_count=2.*use FullyReplicated"):
+        est.fit({"train": TrainingInput(str(uneven["train"]), distribution="ShardedByS3Key"),
+                 "validation": TrainingInput(str(uneven["val"]))}, job_name="sharded")
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())

@@ -257,6 +257,7 @@ class BatchStream:
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # refuse images declaring more pixels, before decoding
     rank: int = 0  # this process's shard of every epoch (distributed training) ...
     world_size: int = 1  # ... out of this many
+    per_rank: int | None = None  # training images per rank and epoch when ranks hold different data (sharded)
 
     def __post_init__(self) -> None:
         self.labels = torch.from_numpy(self.source.labels)
@@ -277,13 +278,18 @@ class BatchStream:
 
         Training: one permutation drawn alike on every rank, padded by repeating its start to a multiple of the
         world size (as ``DistributedSampler`` pads), then dealt round-robin, so every rank runs the same number
-        of batches (unequal counts would hang DDP). Validation: dealt without padding, each image counted once.
+        of batches (unequal counts would hang DDP). With ``per_rank`` (a ShardedByS3Key channel: each host holds
+        different images) the rank's own deal is cycled to that common length instead. Validation: dealt without
+        padding, each image counted once.
         """
         n = len(self.source)
         if not self.train:
             return torch.arange(self.rank, n, self.world_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch))
-        if self.world_size > 1:
+        if self.per_rank is not None:
+            mine = order[self.rank :: self.world_size]
+            order = mine.repeat(-(-self.per_rank // len(mine)))[: self.per_rank]
+        elif self.world_size > 1:
             padded = -(-n // self.world_size) * self.world_size
             order = torch.cat([order, order[: padded - n]])[self.rank :: self.world_size]
         if len(order) % self.batch_size == 1:  # BatchNorm needs 2+ images in a training batch
@@ -296,7 +302,7 @@ class BatchStream:
         if not self.train:
             n = len(range(self.rank, n, self.world_size))
         else:
-            n = -(-n // self.world_size)
+            n = self.per_rank if self.per_rank is not None else -(-n // self.world_size)
             n += 1 if n % self.batch_size == 1 else 0
         return -(-n // self.batch_size)
 

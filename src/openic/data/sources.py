@@ -110,6 +110,7 @@ class Channel:
     path: Path
     lst: Path | None = None
     pipe_uri: str | None = None  # Pipe mode: RecordIO read straight from this s3:// location (``path`` unused)
+    sharded: bool = False  # ShardedByS3Key: each host holds its own part, not a copy of the whole channel
 
 
 def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str],

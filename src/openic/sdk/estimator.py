@@ -124,6 +124,12 @@ class Estimator:
             if mode == "Pipe" and not is_s3(channels[k].s3_data):
                 raise ClientError(f"{k} channel: Pipe mode reads s3:// RecordIO; {channels[k].s3_data} is a local "
                                   "path (File mode reads it as it is)")
+        sharded = sorted(k for k, v in channels.items() if v.distribution == "ShardedByS3Key")
+        if sharded and self.instance_count > 1:
+            raise ClientError(f"channel(s) {', '.join(sharded)}: ShardedByS3Key with instance_count="
+                              f"{self.instance_count}: the local hosts share one copy of each channel, so there is "
+                              "no per-host part to give them; use FullyReplicated (openic splits each epoch over "
+                              "the ranks itself)")
         spec = {"job_name": name, "output_dir": str(out), "hyperparameters": self._hyperparameters,
                 "channels": {k: v.s3_data for k, v in channels.items()}, "run_options": run_options, "mlflow": True,
                 "input_modes": modes,

@@ -21,7 +21,7 @@ import logging
 import socket
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from openic.artifacts import safe_extract
@@ -106,7 +106,7 @@ def load_container_job(ml_root: Path) -> ContainerJob:
     hosts, current_host = _resource_config(config_dir / "resourceconfig.json")
     return ContainerJob(
         ml_root=ml_root, hyperparameters=_hyperparameters(config_dir / "hyperparameters.json"),
-        channels=_fold_channels(names, modes, data_dir), input_modes=modes, content_types=content_types,
+        channels=_fold_channels(names, modes, data_dir, distributions), input_modes=modes, content_types=content_types,
         label_format=_label_format(content_types, config_file), output_dir=ml_root / "output",
         model_dir=ml_root / "model", checkpoint_dir=ml_root / "checkpoints", hosts=hosts, current_host=current_host,
         distributions=distributions)
@@ -201,7 +201,8 @@ def _input_mode(name: str, config: dict[str, str], data_dir: Path, config_file: 
     return mode
 
 
-def _fold_channels(names: list[str], modes: dict[str, str], data_dir: Path) -> dict[str, Channel]:
+def _fold_channels(names: list[str], modes: dict[str, str], data_dir: Path,
+                   distributions: dict[str, str]) -> dict[str, Channel]:
     """``train``/``validation`` (with ``train_lst``/``validation_lst`` as their ``lst``) and ``model``."""
     channels = {}
     for lst_name, images in LST_CHANNELS.items():
@@ -213,7 +214,8 @@ def _fold_channels(names: list[str], modes: dict[str, str], data_dir: Path) -> d
             continue
         path = data_dir / (f"{name}_0" if modes[name] == "Pipe" else name)
         lst = f"{name}_lst"
-        channels[name] = Channel(name, path, lst=data_dir / lst if lst in names else None)
+        sharded = "ShardedByS3Key" in (distributions.get(name), distributions.get(lst))
+        channels[name] = Channel(name, path, lst=data_dir / lst if lst in names else None, sharded=sharded)
     return channels
 
 
@@ -325,7 +327,7 @@ def prepare_pipe_channels(job: ContainerJob, work_dir: Path, reuse: bool = False
         rec = Path(work_dir) / name / f"{name}.rec"
         if not (reuse and rec.is_file()):
             spool_pipe(job.data_dir / f"{name}_0", rec)
-        job.channels[name] = Channel(name, rec)
+        job.channels[name] = replace(job.channels[name], path=rec, lst=None)
 
 
 def publish_model(model_tar: Path, model_dir: Path) -> None:

@@ -58,12 +58,6 @@ def run_container(ml_root: Path, argv: list[str]) -> int:
     except ClientError as e:
         return _client_error(ml_root / "output", e)
     nproc = _local_processes()
-    sharded = sorted(name for name, kind in job.distributions.items() if kind == "ShardedByS3Key")
-    if sharded and job.nnodes > 1:
-        return _client_error(job.output_dir, ClientError(
-            f"S3DistributionType ShardedByS3Key on channel(s) {', '.join(sharded)} with {job.nnodes} hosts is not "
-            "supported: openic deals every epoch over all ranks and needs each host to hold the whole channel; "
-            "use FullyReplicated"))
     if (job.nnodes > 1 or nproc > 1) and not under_launcher():
         try:
             master = resolve_master(job.master_addr) if job.nnodes > 1 else "127.0.0.1"

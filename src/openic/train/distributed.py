@@ -136,6 +136,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over every rank; itself in a world of one."""
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t[0])
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Rank ``src``'s ``obj`` on every rank (pickled between our own processes only, never from a file)."""
     if not _active():

@@ -25,7 +25,7 @@ from openic.hyperparams import HyperParameters
 from openic.models import create_model
 from openic.train.config import TrainConfig
 from openic.train.data_checks import cross_check
-from openic.train.distributed import World
+from openic.train.distributed import World, all_reduce_max, all_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,9 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
     sources = {name: open_channel(channels[name], label_format=config.label_format, num_classes=num_classes,
                                   label_attribute=config.label_attribute)
                for name in ("train", "validation")}
+    deals = {name: _deal(name, channels[name], source, world) for name, source in sources.items()}
     for name, source in sources.items():
-        cross_check(hp, num_images=len(source) if name == "train" else None,
+        cross_check(hp, num_images=deals[name].total if name == "train" else None,
                     label_width=source.labels.shape[1], where=source.describe(0))
         _check_label_range(hp, source, name)
     c = hp.image_shape[0]
@@ -91,8 +92,35 @@ def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainC
                                     config.seed, images=images,
                                     workers=0 if images is not None else config.decode_workers,
                                     prefetch=prefetch, max_pixels=config.max_image_pixels,
-                                    rank=world.rank, world_size=world.size)
+                                    rank=deals[name].rank, world_size=deals[name].size,
+                                    per_rank=deals[name].per_rank if train else None)
     return DataBundle(streams["train"], streams["validation"], sources["train"])
+
+
+@dataclass(frozen=True)
+class _Deal:
+    """How a channel's images are dealt to the ranks: ``rank`` of ``size``, ``total`` images over all hosts."""
+
+    rank: int
+    size: int
+    total: int
+    per_rank: int | None = None
+
+
+def _deal(name: str, channel: object, source: Source, world: World) -> _Deal:
+    """A replicated channel is dealt over every rank; a ShardedByS3Key one over the host's own ranks, each host
+    holding different images, with the training deal cycled to the longest rank's length so that every rank runs
+    the same number of batches (DDP hangs otherwise)."""
+    if not (getattr(channel, "sharded", False) and world.hosts > 1):
+        return _Deal(world.rank, world.size, len(source))
+    if len(source) < world.local_size:
+        raise ClientError(f"ShardedByS3Key channel '{name}' has {len(source)} image(s) on this host, fewer than "
+                          f"its {world.local_size} processes; give every host at least one per process")
+    counts = all_reduce_sum(torch.tensor([len(source) if world.local_rank == 0 else 0]))  # each host once
+    longest = all_reduce_max(-(-len(source) // world.local_size))
+    log.info("%s channel is ShardedByS3Key: %d images on this host, %d over %d hosts; %d per rank and epoch",
+             name, len(source), int(counts[0]), world.hosts, longest)
+    return _Deal(world.local_rank, world.local_size, int(counts[0]), longest)
 
 
 def _check_label_range(hp: HyperParameters, source: Source, channel: str) -> None:
