@@ -10,6 +10,7 @@ that boto3's ``invoke_endpoint`` calls, so ``endpoint_url=`` pointed here works 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS
-from openic.serving.batching import Batcher, BatchOptions
+from openic.serving.batching import Batcher, BatchOptions, torch_thread
 from openic.serving.handler import (
     PREPROCESS_MODES,
     Predictor,
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's real-time limit
 PREPROCESS_HEADER = "x-openic-preprocess"
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"  # boto3's invoke_endpoint(CustomAttributes=...)
-INLINE_DECODE_BYTES = 64 * 1024  # smaller bodies decode on the event loop; larger ones in a worker thread
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ class Endpoint:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.predictor is None:
-            self.predictor = self.config.load()
+            self.predictor = await asyncio.get_running_loop().run_in_executor(torch_thread(), self.config.load)
         self.batcher = Batcher(self.predictor.predict, self.config.batch,
                                on_batch=self.metrics.batch_size.observe, on_depth=self.metrics.queue_depth.set)
         self.batcher.start()
@@ -147,7 +146,7 @@ class Endpoint:
 
         with self.batcher.incoming():  # the batcher waits for this request only while it is on its way
             body = await _read_body(request, self.limit)
-            batch = prepare() if len(body) <= INLINE_DECODE_BYTES else await run_in_threadpool(prepare)
+            batch = await asyncio.get_running_loop().run_in_executor(torch_thread(), prepare)
         probs: np.ndarray = await self.batcher.submit(batch)  # type: ignore[arg-type]
         return Response(encode(probs, answer, p.class_names, p.multi_label), media_type=answer.media_type)
 

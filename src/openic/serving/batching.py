@@ -1,9 +1,9 @@
 """Dynamic batching: concurrent requests in one process are run as one forward pass.
 
 A request's images join a bounded queue; one consumer task takes the first waiting request, then whatever else
-arrives within ``max_wait_ms`` (up to ``max_batch`` images), runs the model once in a worker thread (torch and
-ONNX Runtime release the GIL, so the event loop keeps accepting), and hands each request its rows. A full queue
-is refused at once (503) rather than growing without bound.
+arrives within ``max_wait_ms`` (up to ``max_batch`` images), runs the model once in the process's torch thread
+(torch and ONNX Runtime release the GIL, so the event loop keeps accepting), and hands each request its rows.
+A full queue is refused at once (503) rather than growing without bound.
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ class BatchOptions:
             raise ValueError(f"max_queue must be 1..1000000, got {self.max_queue}")
 
 
+_TORCH_THREAD: ThreadPoolExecutor | None = None
+
+
+def torch_thread() -> ThreadPoolExecutor:
+    """The one thread of a serving process that runs torch: loading, preprocessing, forward passes.
+
+    Each thread that runs torch's intra-op (OpenMP) work gets its own thread team, and once two teams exist they
+    slow each other down: ResNet-18 at batch 1 went from 8 to 14 ms per call on 2 cores, in whichever thread ran it
+    (``bench/RESULTS.md``). ONNX Runtime has its own pool; the torch-free decoding may run anywhere.
+    """
+    global _TORCH_THREAD
+    if _TORCH_THREAD is None:
+        _TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openic-torch")
+    return _TORCH_THREAD
+
+
 @dataclass
 class _Job:
     images: torch.Tensor  # uint8 [n, C, H, W]
@@ -60,7 +76,7 @@ class Batcher:
         self._running = False  # a forward pass is under way (stop waits for it)
         self._waiting = 0  # images queued, not yet taken into a batch
         self._incoming = 0  # requests being read or decoded: worth waiting for, up to max_wait_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openic-forward")
+        self._executor = torch_thread()
         self._task: asyncio.Task | None = None
         self.batches: list[int] = []  # sizes of the recent forward passes (the last 1000), for tests and logs
 
@@ -75,7 +91,6 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:

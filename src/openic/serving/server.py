@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from openic.errors import ClientError
 from openic.serving.app import ServeConfig, create_app
+from openic.serving.batching import torch_thread
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080) -> Non
     if config.threads is not None and not 1 <= config.threads <= 1024:
         raise ClientError(f"--threads must be 1..1024, got {config.threads}")
     config = replace(config, threads=config.threads or default_threads(config.workers))
-    predictor = config.load()  # also builds the ONNX cache
+    predictor = torch_thread().submit(config.load).result()  # also builds the ONNX cache
     common = {"host": host, "port": port, "log_level": "warning", "access_log": False, "backlog": 2048,
               "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, "timeout_keep_alive": 75}
     print(f"openic serve: {config.model} on http://{host}:{port} ({config.workers} worker(s), "
