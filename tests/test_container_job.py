@@ -49,6 +49,18 @@ def _train(root: Path, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env=clean | env)
 
 
+def _train_hosts(roots: list[Path]) -> list[str]:
+    """Every ml-root's ``train --sagemaker`` at once, on one master port; each must succeed. Their logs."""
+    port = str(free_port())
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    procs = [subprocess.Popen([sys.executable, "-m", "openic", "train", "--sagemaker", "--ml-root", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=clean | {"OPENIC_MASTER_PORT": port}) for r in roots]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(log[-2000:] for log in logs)
+    return logs
+
+
 def test_file_mode_writes_model_and_checkpoints_and_a_spot_restart_resumes(recs, tmp_path):
     root = _ml_root(tmp_path / "ml", recs)
     proc = _train(root)
@@ -94,13 +106,7 @@ def test_two_hosts_from_resourceconfig(recs, tmp_path):
     """Each "host" has its own ml-root; hosts resolve on this machine (127.0.0.1 is the master)."""
     hosts = ("127.0.0.1", "localhost")
     roots = [_ml_root(tmp_path / f"host{i}", recs, hosts=hosts, current=h) for i, h in enumerate(hosts)]
-    port = str(free_port())
-    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    procs = [subprocess.Popen([sys.executable, "-m", "openic", "train", "--sagemaker", "--ml-root", str(r)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=clean | {"OPENIC_MASTER_PORT": port}) for r in roots]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    logs = _train_hosts(roots)
     assert "global batch 32 = mini_batch_size 16 x 2 hosts" in logs[0]
     assert (roots[0] / "model" / "model-shapes.json").is_file()
     assert not (roots[1] / "model").exists() or not any((roots[1] / "model").iterdir())  # one copy of the model
@@ -125,13 +131,7 @@ def test_sharded_by_s3_key_gives_each_host_its_own_images(digits_set, tmp_path):
             ch["S3DistributionType"] = "ShardedByS3Key"
         config.write_text(json.dumps(channels))
         roots.append(root)
-    port = str(free_port())
-    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    procs = [subprocess.Popen([sys.executable, "-m", "openic", "train", "--sagemaker", "--ml-root", str(r)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=clean | {"OPENIC_MASTER_PORT": port}) for r in roots]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    logs = _train_hosts(roots)
     assert "train channel is ShardedByS3Key: 40 images on this host, 64 over 2 hosts; 40 per rank" in logs[0]
     assert "train channel is ShardedByS3Key: 24 images on this host, 64 over 2 hosts; 40 per rank" in logs[1]
     assert "validation channel is ShardedByS3Key: 12 images on this host, 32 over 2 hosts" in logs[1]
@@ -143,8 +143,9 @@ def test_sharded_by_s3_key_gives_each_host_its_own_images(digits_set, tmp_path):
     assert (roots[0] / "model" / "model-shapes.json").is_file()
 
 
-def test_a_host_with_fewer_sharded_images_than_processes_is_refused(digits_set, tmp_path):
+def test_a_host_with_fewer_sharded_images_than_processes_is_refused(tmp_path):
     from openic.data.sources import Channel
+    from openic.errors import ClientError
     from openic.train.distributed import World
     from openic.train.setup import _deal
 
@@ -152,5 +153,5 @@ def test_a_host_with_fewer_sharded_images_than_processes_is_refused(digits_set, 
         def __len__(self) -> int:
             return 1
 
-    with pytest.raises(Exception, match="has 1 image\\(s\\) on this host, fewer than its 2 processes"):
+    with pytest.raises(ClientError, match="has 1 image\\(s\\) on this host, fewer than its 2 processes"):
         _deal("train", Channel("train", tmp_path, sharded=True), Tiny(), World(0, 4, 0, 2))

@@ -75,8 +75,9 @@ class CompiledBackend(TorchBackend):
         for start in range(0, len(x), top):
             chunk = x[start:start + top]
             size = next(b for b in self.buckets if b >= len(chunk))
-            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            out.append(self._run(padded)[:len(chunk)])
+            if size > len(chunk):  # a full bucket goes as it is, without a copy
+                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out.append(self._run(chunk)[:min(top, len(x) - start)])
         return np.concatenate(out)
 
 

@@ -180,6 +180,9 @@ def load(path: str | Path, *, backend: str = "torch", threads: int | None = None
     hp = loaded.hyperparameters
     shape = tuple(int(v) for v in loaded.metadata["image_shape"])
     resize = hp.get("resize")
+    if compile_batch is not None and backend == "onnx":  # before the export, which it would make in vain
+        raise ClientError(f"--compile applies to the torch backends, not {backend} (ONNX Runtime optimises its "
+                          "own graph)")
     impl: Backend
     if backend == "onnx":
         from openic.serving.onnx_backend import OnnxBackend
@@ -188,11 +191,9 @@ def load(path: str | Path, *, backend: str = "torch", threads: int | None = None
     else:
         impl = bf16_backend(loaded.model, shape) if backend == "torch-bf16" else TorchBackend(loaded.model)
     if compile_batch is not None:
-        if not isinstance(impl, TorchBackend):
-            raise ClientError(f"--compile applies to the torch backends, not {backend} (ONNX Runtime optimises its "
-                              "own graph)")
         from openic.serving.compiled import CompiledBackend
 
+        assert isinstance(impl, TorchBackend)
         impl = CompiledBackend(impl, shape, compile_batch)
     return Predictor(backend=impl, image_shape=shape, num_classes=int(loaded.metadata["num_classes"]),
                      multi_label=str(hp.get("multi_label", "0")) == "1", class_names=loaded.class_names,
