@@ -300,3 +300,54 @@ def test_estimator_refuses_sharded_channels_over_local_hosts(uneven, tmp_path, m
         est.fit({"train": TrainingInput(str(uneven["train"]), distribution="ShardedByS3Key"),
                  "validation": TrainingInput(str(uneven["val"]))}, job_name="sharded")
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
+
+
+def test_local_gpu_hosts_each_see_their_own_gpu():
+    from openic.sdk.instances import host_environment
+
+    assert [host_environment(i, "cuda", {})["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "2"]
+    user = {"CUDA_VISIBLE_DEVICES": "3, 5", "PATH": "/bin"}  # the user's choice of GPUs is kept, in its order
+    assert [host_environment(i, "cuda", user)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["3", "5"]
+    assert host_environment(1, "cuda", user)["PATH"] == "/bin"
+    assert "CUDA_VISIBLE_DEVICES" not in host_environment(1, "cpu", {})
+
+
+def test_run_hosts_starts_each_host_agent_on_its_gpu(tmp_path, monkeypatch):
+    from openic.sdk import runner
+
+    started: list[tuple[list[str], str]] = []
+
+    class Agent:
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            started.append((cmd, env.get("CUDA_VISIBLE_DEVICES", "")))
+
+        def wait(self) -> int:
+            return 0
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(subprocess, "Popen", Agent)
+    assert runner.run_hosts(tmp_path / "spec.json", 2, tmp_path, "cuda") == 0
+    assert [(cmd[-2], gpu) for cmd, gpu in started] == [("0", "0"), ("1", "1")]
+
+
+def test_gpu_hosts_beyond_the_visible_gpus_are_refused(tmp_path, monkeypatch):
+    from openic.sdk import Estimator
+    from openic.sdk.instances import check_gpu_hosts
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_gpu_hosts("cuda", 1, "ml.p3.2xlarge")
+    check_gpu_hosts("cpu", 4, "ml.c5.xlarge")
+    with pytest.raises(ClientError, match=r"instance_count=2 .*needs 2 GPUs.*1 are visible.*instance_count <= 1"):
+        check_gpu_hosts("cuda", 2, "ml.p3.2xlarge")
+    with pytest.raises(ClientError, match="device 'cuda:1' with instance_count=2"):
+        check_gpu_hosts("cuda:1", 2, "ml.p3.2xlarge")
+    monkeypatch.setenv("OPENIC_HOME", str(tmp_path / "home"))
+    est = Estimator(role="r", instance_count=2, instance_type="ml.p3.2xlarge", output_path=tmp_path / "jobs")
+    est.set_hyperparameters(num_layers=20, image_shape="1,28,28", num_classes=10, num_training_samples=101)
+    with pytest.raises(ClientError, match="needs 2 GPUs"):
+        est.fit({"train": str(tmp_path / "train"), "validation": str(tmp_path / "val")}, job_name="gpus")
+    assert not (tmp_path / "jobs").exists()

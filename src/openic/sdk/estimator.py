@@ -20,7 +20,7 @@ from openic.errors import ClientError, shown
 from openic.hyperparams import HyperParameters
 from openic.sdk import jobs
 from openic.sdk.inputs import TrainingInput, as_inputs
-from openic.sdk.instances import device_for
+from openic.sdk.instances import check_gpu_hosts, device_for
 from openic.sdk.runner import local_output
 from openic.storage import is_s3, parse_s3_uri
 from openic.train.job import train_config
@@ -113,6 +113,7 @@ class Estimator:
         out = f"{self.output_path}/{name}/output" if isinstance(self.output_path, str) else \
             self.output_path / name / "output"
         run_options: dict[str, Any] = {"device": self.device, **self.run_options}
+        check_gpu_hosts(str(run_options["device"]), self.instance_count, self.instance_type)
         if self.checkpoint_s3_uri is not None:  # SageMaker's spot-resume location: mirrored after every epoch
             run_options.setdefault("checkpoint_dir", self.checkpoint_s3_uri)
         if channels["train"].label_format:

@@ -7,8 +7,10 @@ is refused before any work starts.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections.abc import Mapping
 
 from openic.errors import ClientError, shown
 
@@ -41,3 +43,30 @@ def _gpu_or_cpu(instance_type: str) -> str:
     warnings.warn(f"instance_type {instance_type!r} has GPUs but this machine has no CUDA device: training on the "
                   "CPU", stacklevel=3)
     return "cpu"
+
+
+def check_gpu_hosts(device: str, instance_count: int, instance_type: object) -> None:
+    """``instance_count`` GPU hosts on this machine take one GPU each (NCCL refuses two ranks on one GPU)."""
+    import torch
+
+    if device == "cpu" or instance_count == 1 or (device == "auto" and not torch.cuda.is_available()):
+        return
+    if device not in ("cuda", "auto"):
+        raise ClientError(f"device {shown(device)} with instance_count={instance_count}: every host would train on "
+                          "that one GPU; leave the device out (openic gives each host its own GPU)")
+    count = torch.cuda.device_count()
+    if count < instance_count:
+        raise ClientError(f"instance_count={instance_count} with instance_type {shown(instance_type)} needs "
+                          f"{instance_count} GPUs on this machine (one per host: NCCL cannot place two ranks on one "
+                          f"GPU), and {count} are visible; use instance_count <= {max(count, 1)} or a CPU instance "
+                          "type")
+
+
+def host_environment(index: int, device: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of local host ``index``: on GPU it sees only its own GPU (the ``index``-th of those visible,
+    so ``CUDA_VISIBLE_DEVICES`` set by the user is honoured), which its one process then uses as ``cuda:0``."""
+    out = dict(os.environ if env is None else env)
+    if device == "auto" or device.startswith("cuda"):
+        visible = [d.strip() for d in out.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        out["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+    return out

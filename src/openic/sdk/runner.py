@@ -66,7 +66,7 @@ def run(spec: dict[str, Any], spec_path: Path | None = None) -> int:
         update_job(name, MlflowRunId=tracker.run_id, MlflowTrackingUri=tracking_uri(), MlflowExperiment=EXPERIMENT)
     hosts = int(spec.get("instance_count", 1))
     if hosts > 1 and spec_path is not None:
-        code = run_hosts(spec_path, hosts, out)
+        code = run_hosts(spec_path, hosts, out, str(spec.get("run_options", {}).get("device", "cpu")))
         job = JobResult(code, result=_HostsResult(out / "model.tar.gz") if code == EXIT_OK else None,
                         failure=_failure_text(out) if code != EXIT_OK else None,
                         model_uri=f"{spec['output_dir']}/model.tar.gz" if is_s3(spec["output_dir"]) else None)
@@ -95,17 +95,19 @@ class _HostsResult:
         self.model_path = model_path
 
 
-def run_hosts(spec_path: Path, hosts: int, out: Path) -> int:
+def run_hosts(spec_path: Path, hosts: int, out: Path, device: str = "cpu") -> int:
     """``instance_count`` hosts on this machine: one torchrun agent per host (node ranks 0..N-1, one process each,
-    so ``mini_batch_size`` is per host as on SageMaker), all running this spec's job as workers."""
+    so ``mini_batch_size`` is per host as on SageMaker), all running this spec's job as workers; on GPU each host
+    sees only its own GPU."""
     import signal
     import subprocess
 
+    from openic.sdk.instances import host_environment
     from openic.train.launch import free_port
 
     port = str(free_port())
-    agents = [subprocess.Popen([sys.executable, "-m", "openic.sdk.runner", str(spec_path), "--host", str(i), port])
-              for i in range(hosts)]
+    agents = [subprocess.Popen([sys.executable, "-m", "openic.sdk.runner", str(spec_path), "--host", str(i), port],
+                               env=host_environment(i, device)) for i in range(hosts)]
 
     def forward(signum: int, frame: object) -> None:  # a stopped job stops every host
         for agent in agents:
