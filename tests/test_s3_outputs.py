@@ -80,6 +80,18 @@ def test_failure_file_is_uploaded(s3_env, data, tmp_path):
     assert body.startswith("ClientError:") and "num_classes" in body
 
 
+def test_output_leased_by_a_job_on_another_host_is_refused(s3_env, data, tmp_path):
+    lease = {"owner": "x", "host": "algo-2", "pid": 77, "space": "another-machine/pid:[1]", "ttl_s": 600}
+    client().put_object(Bucket=s3_env, Key="jobs/two/output/.openic-job.lock", Body=json.dumps(lease).encode())
+    proc = _train(data, f"s3://{s3_env}/jobs/two/output", tmp_path / "cache", "--epochs", "1")
+    assert proc.returncode == 2
+    assert "another job (host algo-2, PID 77) holds its lease" in proc.stderr
+    assert _keys(f"s3://{s3_env}/jobs/two/output/") == {".openic-job.lock"}  # nothing written beside theirs
+    ckpt = f"s3://{s3_env}/jobs/two/output"  # the same prefix as another job's checkpoint location
+    proc = _train(data, str(tmp_path / "out"), tmp_path / "cache", "--epochs", "1", "--checkpoint-dir", ckpt)
+    assert proc.returncode == 2 and f"the checkpoint location {ckpt}: another job" in proc.stderr
+
+
 def test_missing_output_bucket_fails_naming_it(s3_env, data, tmp_path):
     proc = _train(data, "s3://no-such-bucket-here/out", tmp_path / "cache", "--epochs", "1")
     assert proc.returncode == 2

@@ -139,3 +139,9 @@ def test_s3_input_and_output(tmp_path, artifact, s3_env, capsys, monkeypatch):
     assert "0 written, 3 already done" in capsys.readouterr().out
     assert _run(artifact, f"s3://{s3_env}/missing", tmp_path / "o") == 2
     assert f"s3://{s3_env}/missing" in capsys.readouterr().err
+    lease = {"owner": "x", "host": "algo-2", "pid": 77, "space": "another-machine/pid:[1]", "ttl_s": 600}
+    s3.put_object(Bucket=s3_env, Key="out2/.openic-transform.lock", Body=json.dumps(lease).encode())
+    assert _run(artifact, f"s3://{s3_env}/in", f"s3://{s3_env}/out2") == 2  # another host's transform holds it
+    assert "another job (host algo-2, PID 77) holds its lease" in capsys.readouterr().err
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="out2/")["Contents"]] == \
+        ["out2/.openic-transform.lock"]

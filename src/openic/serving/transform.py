@@ -208,16 +208,22 @@ def transform_location(predictor: Predictor, source: str | Path, output: str | P
 
     An S3 input is fetched once into this host's cache (File mode); an S3 output is written into a local staging
     folder kept per URI (so a re-run skips what is done there) and uploaded after the run, failed objects
-    aside: only files S3 lacks or holds with other bytes are sent.
+    aside: only files S3 lacks or holds with other bytes are sent. A lease under the output prefix
+    (:mod:`openic.storage.s3lease`) refuses a second transform into it from any host.
     """
     from openic.storage import is_s3
-    from openic.storage.local import local_path, staging_dir
+    from openic.storage.local import local_path
 
-    out = staging_dir(str(output)) if is_s3(output) else Path(output)
-    report = transform(predictor, local_path(source), out, options)
-    if is_s3(output):
-        from openic.storage.s3 import upload_dir
+    if not is_s3(output):
+        return transform(predictor, local_path(source), Path(output), options)
+    from openic.storage.local import staging_dir
+    from openic.storage.s3 import upload_dir
+    from openic.storage.s3lease import S3Lease
 
-        sent = upload_dir(out, str(output), skip=lambda rel: rel == LOCK)
-        log.info("transform: %d output file(s) uploaded to %s", sent, output)
+    uri = str(output).rstrip("/")
+    out = staging_dir(uri)
+    with S3Lease(f"{uri}/{LOCK}", f"the output {uri}"):  # the staging folder's lock sees this host only
+        report = transform(predictor, local_path(source), out, options)
+        sent = upload_dir(out, uri, skip=lambda rel: rel == LOCK)
+    log.info("transform: %d output file(s) uploaded to %s", sent, uri)
     return report

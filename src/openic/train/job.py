@@ -5,6 +5,8 @@ and run options. :func:`run_job` owns everything around :func:`openic.train.loop
 
 - the output folder is locked for the run (an OS lock that dies with the process): a second job on the same
   folder fails at once with a ``ClientError`` naming the folder and the other process, and writes nothing there;
+  an ``s3://`` output or checkpoint prefix is also leased on S3 (:mod:`openic.storage.s3lease`), so that a job on
+  another host is refused too;
 - the reason a job fails goes to ``OUTPUT_DIR/failure`` (SageMaker's ``/opt/ml/output/failure``), first line
   prefixed ``ClientError:`` (the user's input) or ``AlgorithmError:`` (ours, with the traceback below);
 - exit codes: 0 done, 2 ``ClientError``, 1 ``AlgorithmError``, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM
@@ -135,6 +137,8 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
             check_output_dir(out)
             if main:  # the ranks of one job share the folder: rank 0 holds the lock for all of them
                 held.enter_context(FileLock(out / LOCK, f"the output folder {out}"))
+                if remote is not None:
+                    _hold_leases(held, remote)
         except ClientError as e:  # another job owns the folder, or it cannot be one: write nothing into it
             print(f"ClientError: {e}", file=sys.stderr)
             return JobResult(EXIT_CLIENT, failure=f"ClientError: {e}")
@@ -142,6 +146,17 @@ def run_job(channels: Mapping[str, object], options: TrainConfig | Mapping[str, 
         if remote is None or not main:
             return _guarded(channels, options, out, hyperparameters_file, overrides or {}, tracker, main)
         return _remote_job(remote, channels, options, hyperparameters_file, overrides or {}, tracker)
+
+
+def _hold_leases(held: ExitStack, remote: object) -> None:
+    """The S3 output and checkpoint prefixes are leased too: the local lock cannot see a job on another host."""
+    from openic.storage.s3lease import S3Lease
+    from openic.train.remote import RemoteOutputs
+
+    assert isinstance(remote, RemoteOutputs)
+    for uri, what in ((remote.output_uri, "the output"), (remote.checkpoint_uri, "the checkpoint location")):
+        if uri is not None:
+            held.enter_context(S3Lease(f"{uri}/{LOCK}", f"{what} {uri}"))
 
 
 def _remote_job(remote: object, channels: Mapping[str, object], options: Mapping[str, object],

@@ -6,7 +6,8 @@ named after the URI so that a rerun on the same host finds the same one. S3 is t
 folder's checkpoints are replaced by what the checkpoint prefix holds (SageMaker's spot resume, from any host),
 after each epoch's checkpoint the changed files go up, and when the job ends, however it ends, everything does
 (``model.tar.gz``, metrics, ``failure``). The output-folder lock is taken on the staging folder, so two jobs on
-one URI are refused on one host; jobs on different hosts writing one URI are not detected.
+one URI are refused on one host, and a lease object under each S3 prefix refuses them across hosts
+(:mod:`openic.storage.s3lease`).
 """
 
 from __future__ import annotations
