@@ -99,7 +99,8 @@ def process_group(world: World, device: torch.device, timeout_s: int = DEFAULT_T
     if not world.distributed or dist.is_initialized():
         yield world
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # on GPU, NCCL for CUDA tensors and gloo beside it for the small CPU ones (counts, flags): NCCL has no CPU path
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=timedelta(seconds=timeout_s))
