@@ -9,22 +9,19 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from mxnet_helpers import write_tar
 
-from openic.data.sources import RecordSource
+from openic.data.sources import Channel, RecordSource
 from openic.errors import ClientError
 from openic.formats.recordio import IRHeader, RecordWriter, pack
-from openic.train import container
-from openic.train.container import (
-    load_container_job,
-    prepare_pipe_channels,
-    publish_model,
-    resolve_master,
-    spool_pipe,
-)
+from openic.train import container, pipe_feed
+from openic.train.container import load_container_job, publish_model, resolve_master
+from openic.train.distributed import World
+from openic.train.pipe_feed import PipeFeed, prepare_pipe_channels, spool_pipe
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
@@ -206,7 +203,7 @@ def test_spool_pipe_copies_a_fifo_stream_byte_for_byte(tmp_path):
     # two .rec files back to back, as SageMaker concatenates a prefix's objects; > 2 read chunks long
     first, second = write_rec(tmp_path / "a.rec", 60, 40_000), write_rec(tmp_path / "b.rec", 3)
     stream = first.read_bytes() + second.read_bytes()
-    assert len(stream) > 2 * container.SPOOL_CHUNK
+    assert len(stream) > 2 * pipe_feed.SPOOL_CHUNK
     fifo = tmp_path / "train_0"
     os.mkfifo(fifo)
     writer = feed_fifo(fifo, stream)
@@ -241,15 +238,87 @@ def test_prepare_pipe_channels_spools_epoch_0_and_repoints_the_channel(tmp_path)
     data = root / "input" / "data"
     stream = write_rec(tmp_path / "src.rec", 6).read_bytes()
     os.mkfifo(data / "train_0")
-    os.mkfifo(data / "train_1")  # later epochs' FIFOs are never opened (nothing writes this one)
+    os.mkfifo(data / "train_1")  # read by the training loop before epoch 1, not here (nothing writes this one)
     job = load_container_job(root)
     writer = feed_fifo(data / "train_0", stream)
     prepare_pipe_channels(job, tmp_path / "work")
     writer.join(10)
     spooled = tmp_path / "work" / "train" / "train.rec"
     assert job.channels["train"].path == spooled and spooled.read_bytes() == stream
+    assert job.channels["train"].pipe_fifo == data / "train"  # passes 1, 2, ... come from train_1, train_2, ...
     assert job.channels["validation"].path == data / "validation"  # File mode: untouched
     assert len(RecordSource([job.channels["train"].path])) == 6
+
+
+def _open_pass(data: Path, name: str, k: int, stream: bytes, after_s: float = 0.0) -> threading.Thread:
+    """SageMaker opening pass ``k`` of a channel: its FIFO appears (``after_s`` later), then is fed ``stream``."""
+    def run():
+        time.sleep(after_s)
+        os.mkfifo(data / f"{name}_{k}")
+        feed_fifo(data / f"{name}_{k}", stream).join(30)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_pipe_feed_reads_every_pass_and_keeps_a_copy_only_when_the_stream_changed(tmp_path):
+    data, base = tmp_path / "data", tmp_path / "work" / "train" / "train.rec"
+    data.mkdir()
+    same, other = write_rec(tmp_path / "a.rec", 6).read_bytes(), write_rec(tmp_path / "b.rec", 4, 20).read_bytes()
+    base.parent.mkdir(parents=True)
+    base.write_bytes(same)  # pass 0, spooled before the ranks started
+    feed = PipeFeed({"train": Channel("train", base, pipe_fifo=data / "train"),
+                     "validation": Channel("validation", tmp_path / "val.rec")}, World())
+    writer = _open_pass(data, "train", 1, same, after_s=0.5)  # the reader waits for the FIFO to appear
+    assert feed.advance() is None
+    writer.join(10)
+    assert not writer.is_alive() and sorted(p.name for p in base.parent.iterdir()) == ["next-pass", "train.rec"]
+    writer = _open_pass(data, "train", 2, other)
+    fresh = feed.advance()
+    assert fresh is not None and set(fresh) == {"train"}  # File-mode channels are not touched
+    assert fresh["train"].path == base.with_name("train-2.rec") and fresh["train"].path.read_bytes() == other
+    _open_pass(data, "train", 3, other)
+    assert feed.advance() is None  # pass 3 is pass 2 again
+    _open_pass(data, "train", 4, same)
+    assert feed.advance()["train"].path.name == "train-4.rec"
+    assert sorted(p.name for p in base.parent.iterdir()) == ["next-pass", "train-4.rec", "train.rec"]
+
+
+def test_pipe_feed_names_a_pass_that_never_comes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENIC_PIPE_WAIT_S", "0.3")
+    base = write_rec(tmp_path / "work" / "train" / "train.rec", 2)
+    feed = PipeFeed({"train": Channel("train", base, pipe_fifo=tmp_path / "train")}, World())
+    with pytest.raises(ClientError, match=r"Pipe-mode stream .*train_1 did not appear within 0.3 s"):
+        feed.advance()
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "x", "4000"])
+def test_pipe_wait_from_the_environment_is_bounded(monkeypatch, raw):
+    monkeypatch.setenv("OPENIC_PIPE_WAIT_S", raw)
+    with pytest.raises(ClientError, match=f"OPENIC_PIPE_WAIT_S='{raw}' is not valid"):
+        pipe_feed.pipe_wait_s()
+
+
+def test_prepare_pipe_channels_gives_ranks_the_newest_pass_and_a_new_run_a_fresh_start(tmp_path):
+    root = make_root(tmp_path, data_config={"train": {"TrainingInputMode": "Pipe"}}, folders=("validation",))
+    data, work = root / "input" / "data", tmp_path / "work"
+    stream = write_rec(tmp_path / "src.rec", 3).read_bytes()
+    os.mkfifo(data / "train_0")
+    writer = feed_fifo(data / "train_0", stream)
+    job = load_container_job(root)
+    prepare_pipe_channels(job, work)
+    writer.join(10)
+    (work / "train" / "train-2.rec").write_bytes(stream)  # as PipeFeed leaves it after a changed pass 2
+    (work / "train" / "next-pass").write_text("3\n")
+    restarted = load_container_job(root)
+    prepare_pipe_channels(restarted, work, reuse=True)  # a rank restarted by --max-restarts
+    assert restarted.channels["train"].path == work / "train" / "train-2.rec"
+    writer = feed_fifo(data / "train_0", stream)
+    again = load_container_job(root)
+    prepare_pipe_channels(again, work)  # a new run on this host: pass 0 again, the old passes forgotten
+    writer.join(10)
+    assert again.channels["train"].path == work / "train" / "train.rec"
+    assert sorted(p.name for p in (work / "train").iterdir()) == ["train.rec"]
 
 
 # ---- publish_model ----

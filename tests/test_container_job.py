@@ -82,23 +82,41 @@ def test_bad_hyperparameter_is_a_client_error_in_output_failure(recs, tmp_path):
     assert failure.startswith("ClientError:") and "mini_batch_siz" in failure
 
 
-def test_pipe_mode_reads_the_fifos(recs, tmp_path):
-    root = _ml_root(tmp_path / "ml", recs, pipe=True)
-    data = root / "input" / "data"
-    data.mkdir(parents=True)
-    writers = []
-    for ch, rec in recs.items():
-        os.mkfifo(data / f"{ch}_0")
-
-        def feed(fifo: Path = data / f"{ch}_0", src: Path = rec) -> None:
-            with open(fifo, "wb") as w:
+def _sagemaker_pipes(data: Path, passes: dict[str, list[Path]]) -> list[threading.Thread]:
+    """SageMaker's side of Pipe mode: per channel, FIFO ``<channel>_<k>`` appears once pass k-1 was read, and
+    streams ``passes[channel][k]``."""
+    def stream(ch: str) -> None:
+        for k, src in enumerate(passes[ch]):
+            fifo = data / f"{ch}_{k}"
+            os.mkfifo(fifo)
+            with open(fifo, "wb") as w:  # blocks until openic opens the FIFO
                 w.write(src.read_bytes())
 
-        writers.append(threading.Thread(target=feed, daemon=True))
-        writers[-1].start()
+    data.mkdir(parents=True, exist_ok=True)
+    writers = [threading.Thread(target=stream, args=(ch,), daemon=True) for ch in passes]
+    for w in writers:
+        w.start()
+    return writers
+
+
+def test_pipe_mode_reads_a_fifo_for_every_pass(recs, tmp_path):
+    """Epoch k reads ``<channel>_k``, a FIFO that appears only once pass k-1 was read, as SageMaker's do; pass 1
+    of train streams other records (as with ShuffleConfig), so epoch 1 trains on a rebuilt set."""
+    root = _ml_root(tmp_path / "ml", recs, pipe=True)
+    data = root / "input" / "data"
+    fewer = cut_rec(recs["train"], tmp_path / "fewer.rec", 0, 48)
+    writers = _sagemaker_pipes(data, {"train": [recs["train"], fewer], "validation": [recs["validation"]] * 2})
     proc = _train(root)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "pipe input mode" in proc.stdout and (root / "model" / "model-shapes.json").is_file()
+    for w in writers:
+        w.join(10)
+        assert not w.is_alive()  # every pass was read to its end
+    said = proc.stdout + proc.stderr
+    assert "pipe input mode" in said and (root / "model" / "model-shapes.json").is_file()
+    assert "Pipe pass 1 of the train channel: a new stream" in said
+    assert "Pipe pass 1 of the validation channel: the same stream as before" in said
+    assert "Rebuilding the training data from the new Pipe streams" in said
+    assert "Rebuilt training data: 48 images, 3 batches per epoch" in said  # 64 images in pass 0
 
 
 @pytest.mark.slow
@@ -141,6 +159,34 @@ def test_sharded_by_s3_key_gives_each_host_its_own_images(digits_set, tmp_path):
     assert accuracy[0] == accuracy[1] and len(accuracy[0]) == 2
     assert all(abs(float(a) * 32 - round(float(a) * 32)) < 1e-4 for a in accuracy[0])  # k of the 32 images
     assert (roots[0] / "model" / "model-shapes.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_hosts_in_pipe_mode_rebuild_together_when_one_host_stream_changes(recs, tmp_path):
+    """ShardedByS3Key: host 0's second pass streams other records, host 1's the same ones; both hosts rebuild their
+    data before epoch 1 (a collective decision), so their batch counts stay equal and training finishes."""
+    hosts = ("127.0.0.1", "localhost")
+    roots = [_ml_root(tmp_path / f"host{i}", recs, pipe=True, hosts=hosts, current=h) for i, h in enumerate(hosts)]
+    for root in roots:  # each host's part of the train channel may change from pass to pass (ShuffleConfig)
+        config = root / "input" / "config" / "inputdataconfig.json"
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"train": {
+            "TrainingInputMode": "Pipe", "S3DistributionType": "ShardedByS3Key", "RecordWrapperType": "None"}}))
+    fewer = cut_rec(recs["train"], tmp_path / "fewer.rec", 0, 32)
+    writers = _sagemaker_pipes(roots[0] / "input" / "data", {"train": [recs["train"], fewer],
+                                                             "validation": [recs["validation"]] * 2})
+    writers += _sagemaker_pipes(roots[1] / "input" / "data", {"train": [recs["train"]] * 2,
+                                                              "validation": [recs["validation"]] * 2})
+    logs = _train_hosts(roots)
+    for w in writers:
+        w.join(10)
+        assert not w.is_alive()
+    assert "Pipe pass 1 of the train channel: a new stream" in logs[0]
+    assert "Pipe pass 1 of the train channel: the same stream as before" in logs[1]
+    assert "train channel is ShardedByS3Key: 32 images on this host, 96 over 2 hosts; 64 per rank" in logs[0]
+    for log in logs:
+        assert "Rebuilt training data" in log and "4 batches per epoch on this rank" in log  # 64 per rank / 16
+    accuracy = [re.findall(r"Epoch\[\d+\] Validation-accuracy=([0-9.]+)", log) for log in logs]
+    assert accuracy[0] == accuracy[1] and len(accuracy[0]) == 2
 
 
 def test_a_host_with_fewer_sharded_images_than_processes_is_refused(tmp_path):

@@ -351,3 +351,38 @@ def test_gpu_hosts_beyond_the_visible_gpus_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ClientError, match="needs 2 GPUs"):
         est.fit({"train": str(tmp_path / "train"), "validation": str(tmp_path / "val")}, job_name="gpus")
     assert not (tmp_path / "jobs").exists()
+
+
+def _replicated_check(rank: int, port: int, counts: list[int], out) -> None:
+    import torch.distributed as dist
+
+    from openic.train.setup import _check_replicated
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(counts))
+    try:
+        _check_replicated("train", counts[rank])
+        out.put((rank, "ok"))
+    except ClientError as e:
+        out.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("counts,expect", [([64, 64], "ok"), ([64, 48], "from 48 to 64")])
+def test_a_replicated_channel_must_hold_the_same_images_on_every_host(counts, expect):
+    import torch.multiprocessing as mp
+
+    from openic.train.launch import free_port
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_replicated_check, args=(r, port, counts, out)) for r in range(len(counts))]
+    for p in procs:
+        p.start()
+    said = dict(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert all(expect in said[r] for r in range(len(counts))), said
+    if expect != "ok":
+        assert "FullyReplicated" in said[0] and "use ShardedByS3Key" in said[0]

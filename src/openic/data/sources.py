@@ -111,6 +111,7 @@ class Channel:
     lst: Path | None = None
     pipe_uri: str | None = None  # Pipe mode: RecordIO read straight from this s3:// location (``path`` unused)
     sharded: bool = False  # ShardedByS3Key: each host holds its own part, not a copy of the whole channel
+    pipe_fifo: Path | None = None  # Pipe mode over FIFOs: pass k (k >= 1) comes from ``<pipe_fifo>_<k>``
 
 
 def _label_matrix(labels: list[tuple[float, ...]], describe: Callable[[int], str],

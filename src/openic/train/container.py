@@ -10,8 +10,7 @@
 - ``input/data/<channel>/`` in File/FastFile mode, FIFOs ``input/data/<channel>_<epoch>`` in Pipe mode;
 - outputs: ``model/`` (SageMaker tars it into ``model.tar.gz``), ``output/failure``, ``checkpoints/``.
 
-Pipe mode is supported by spooling: epoch 0's stream is copied once to local disk and every epoch reads that
-copy (:func:`prepare_pipe_channels`); the FIFOs of later epochs are never opened.
+Pipe mode (each pass over a channel through a FIFO of its own) is read by :mod:`openic.train.pipe_feed`.
 """
 
 from __future__ import annotations
@@ -21,14 +20,13 @@ import logging
 import socket
 import stat
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from openic.artifacts import safe_extract
 from openic.data.sources import Channel
 from openic.errors import ClientError, shown
-from openic.fileio import atomic_path, os_reason
-from openic.formats.recordio import MAGIC_BYTES
+from openic.fileio import os_reason
 from openic.hyperparams import load_hyperparameters_file, sagemaker_string
 
 log = logging.getLogger(__name__)
@@ -41,7 +39,6 @@ DISTRIBUTION_TYPES = ("FullyReplicated", "ShardedByS3Key")  # sharded: each host
 RECORD_WRAPPERS = ("None", "RecordIO")
 LABEL_FORMATS = ("multi-hot", "class-id")
 DEFAULT_HOST = "algo-1"  # SageMaker's name for the only host of a single-instance job
-SPOOL_CHUNK = 1 << 20  # bytes per read from a Pipe FIFO
 
 
 @dataclass
@@ -167,7 +164,7 @@ def _check_channel_name(name: str, where: Path) -> None:
         raise ClientError(f"{where}: unknown channel {shown(name)}; valid channels: {', '.join(VALID_CHANNELS)}")
 
 
-def _is_fifo(path: Path) -> bool:
+def is_fifo(path: Path) -> bool:
     try:
         return stat.S_ISFIFO(path.stat().st_mode)
     except OSError:
@@ -194,7 +191,7 @@ def _channels_on_disk(data_dir: Path) -> set[str]:
 def _input_mode(name: str, config: dict[str, str], data_dir: Path, config_file: Path) -> str:
     """The configured mode; a channel without one is in Pipe mode when SageMaker left its FIFO, else File."""
     fifo = data_dir / f"{name}_0"
-    mode = config.get("TrainingInputMode") or ("Pipe" if _is_fifo(fifo) else "File")
+    mode = config.get("TrainingInputMode") or ("Pipe" if is_fifo(fifo) else "File")
     if mode == "Pipe" and name not in PIPE_CHANNELS:
         raise ClientError(f"{config_file}: channel '{name}' cannot use Pipe mode (only {', '.join(PIPE_CHANNELS)} "
                           "can, with RecordIO data); use File mode")
@@ -278,56 +275,6 @@ def resolve_master(host: str, attempts: int = 30, delay_s: float = 1.0) -> str:
         return str((ipv4 or infos)[0][4][0])
     raise ClientError(f"cannot resolve the master host {shown(host)} after {attempts} attempts "
                       f"{delay_s:g} s apart: {error}; check resourceconfig.json's hosts and the job's network")
-
-
-def spool_pipe(fifo: Path, dest: Path) -> Path:
-    """Copy a Pipe-mode stream (read once, sequentially, in chunks) into the local RecordIO file ``dest``.
-
-    Opening a FIFO blocks until SageMaker starts writing it; ``dest`` appears only once the stream has ended.
-
-    Raises:
-        ClientError: the FIFO is missing, the stream is empty or is not RecordIO (naming the FIFO).
-    """
-    fifo, dest = Path(fifo), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        source = open(fifo, "rb", buffering=0)  # closed by the with below
-    except FileNotFoundError:
-        raise ClientError(f"Pipe-mode stream {fifo} does not exist (SageMaker creates <channel>_<epoch> FIFOs "
-                          "for channels in Pipe mode)") from None
-    except OSError as e:
-        raise ClientError(f"cannot open the Pipe-mode stream {fifo}: {os_reason(e)}") from e
-    total = 0
-    with source, atomic_path(dest) as tmp, open(tmp, "wb") as out:
-        while chunk := source.read(SPOOL_CHUNK):
-            out.write(chunk)
-            total += len(chunk)
-        out.flush()
-        if total == 0:
-            raise ClientError(f"Unable to start training. Empty Pipe-mode stream {fifo}")
-        with open(tmp, "rb") as check:
-            if check.read(4) != MAGIC_BYTES:
-                raise ClientError(f"{fifo}: Unable to parse record: The Record IO header does not start with the "
-                                  "magic number (Pipe mode needs .rec files, stored with RecordWrapperType None)")
-    log.info("Spooled %d bytes from %s into %s", total, fifo, dest)
-    return dest
-
-
-def prepare_pipe_channels(job: ContainerJob, work_dir: Path, reuse: bool = False) -> None:
-    """Spool every Pipe channel's epoch-0 stream into ``work_dir/<channel>/<channel>.rec`` and point the channel
-    at it; every epoch then reads that copy (the FIFOs of later epochs are not read).
-
-    A FIFO can be read only once, so call this once per host, before the ranks start; the ranks then call it with
-    ``reuse=True`` and take the copy.
-    """
-    for name in sorted(job.input_modes, key=VALID_CHANNELS.index):
-        if job.input_modes[name] != "Pipe":
-            continue
-        log.info("The channel '%s' is in pipe input mode under %s", name, job.data_dir / name)
-        rec = Path(work_dir) / name / f"{name}.rec"
-        if not (reuse and rec.is_file()):
-            spool_pipe(job.data_dir / f"{name}_0", rec)
-        job.channels[name] = replace(job.channels[name], path=rec, lst=None)
 
 
 def publish_model(model_tar: Path, model_dir: Path) -> None:

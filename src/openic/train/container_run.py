@@ -16,15 +16,10 @@ import tempfile
 from pathlib import Path
 
 from openic.errors import ClientError
-from openic.train.container import (
-    ContainerJob,
-    load_container_job,
-    prepare_pipe_channels,
-    publish_model,
-    resolve_master,
-)
+from openic.train.container import ContainerJob, load_container_job, publish_model, resolve_master
 from openic.train.job import EXIT_CLIENT, EXIT_OK, is_main_process, leave_if_finished_peer, run_job
 from openic.train.launch import DEFAULT_PORT, LaunchOptions, launch, under_launcher
+from openic.train.pipe_feed import prepare_pipe_channels
 
 log = logging.getLogger(__name__)
 

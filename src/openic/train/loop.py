@@ -213,6 +213,7 @@ def _fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
         return _finish(ckpt, run, model, class_names, tracker, world)
     # on a CPU the model and the batch builder share the same cores: a background thread would only contend
     data = build_data(hp, channels, config, prefetch=device.type == "cuda", world=world)
+    refresh = _pipe_refresh(hp, channels, config, world, prefetch=device.type == "cuda")
     loss_fn = make_loss(bool(hp.multi_label), bool(hp.use_weighted_loss), data.train_source.labels, device)
     optim.warn_if_epoch_length_differs(hp, len(data.train), world.hosts)
     if world.distributed:
@@ -227,11 +228,33 @@ def _fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
     step = _step(hp, model, optimizer, loss_fn, device, autocast, scaler, world)
     try:
         tracker.log_params(hp.to_dict())
-        _train_epochs(hp, config, step, model, data, run, ckpt, tracker, world)
+        _train_epochs(hp, config, step, model, data, run, ckpt, tracker, world, refresh)
     except BaseException:
         tracker.close()  # what was logged stays on disk; the run resumes from the last checkpoint
         raise
     return _finish(ckpt, run, model, class_names, tracker, world)
+
+
+def _pipe_refresh(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
+                  world: distributed.World, prefetch: bool) -> Callable[[], DataBundle | None] | None:
+    """For channels fed by Pipe-mode FIFOs: read the next pass before each later epoch, and give the data rebuilt
+    from it when a stream changed (:mod:`openic.train.pipe_feed`); None when no channel is."""
+    if not any(c.pipe_fifo is not None for c in channels.values()):
+        return None
+    from openic.train.pipe_feed import PipeFeed
+
+    feed = PipeFeed(channels, world)
+
+    def refresh() -> DataBundle | None:
+        fresh = feed.advance()
+        if fresh is None:
+            return None
+        data = build_data(hp, {**channels, **fresh}, config, prefetch=prefetch, world=world)
+        log.info("Rebuilt training data: %d images, %d batches per epoch on this rank", len(data.train_source),
+                 len(data.train))
+        optim.warn_if_epoch_length_differs(hp, len(data.train), world.hosts)
+        return data
+    return refresh
 
 
 def _follow_rank0(model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState) -> RunState:
@@ -266,13 +289,18 @@ def _step(hp: HyperParameters, model: nn.Module, optimizer: torch.optim.Optimize
 
 
 def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, model: nn.Module, data: DataBundle,
-                  run: RunState, ckpt: Checkpointer, tracker: Tracker, world: distributed.World) -> None:
+                  run: RunState, ckpt: Checkpointer, tracker: Tracker, world: distributed.World,
+                  refresh: Callable[[], DataBundle | None] | None = None) -> None:
     """Per epoch: train, re-estimate BatchNorm statistics, validate, log, keep weights, checkpoint, maybe stop.
 
     ``model`` is the bare network (``step.model`` may be its DDP wrapper); every figure logged is over all ranks.
+    ``refresh`` (Pipe mode) runs before every epoch after this process's first and may give new data.
     """
     epoch_steps, progress = optim.steps_per_epoch(hp, world.hosts), progress_enabled(config) and world.is_main
-    for epoch in range(run.epochs_done, hp.epochs):
+    first = run.epochs_done
+    for epoch in range(first, hp.epochs):
+        if refresh is not None and epoch > first:
+            data = refresh() or data
         data.train.set_epoch(epoch)
         recent: deque = deque(maxlen=config.precise_bn_batches)
         tic = time.perf_counter()

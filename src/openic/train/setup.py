@@ -112,6 +112,8 @@ def _deal(name: str, channel: object, source: Source, world: World) -> _Deal:
     holding different images, with the training deal cycled to the longest rank's length so that every rank runs
     the same number of batches (DDP hangs otherwise)."""
     if not (getattr(channel, "sharded", False) and world.hosts > 1):
+        if world.distributed:
+            _check_replicated(name, len(source))
         return _Deal(world.rank, world.size, len(source))
     if len(source) < world.local_size:
         raise ClientError(f"ShardedByS3Key channel '{name}' has {len(source)} image(s) on this host, fewer than "
@@ -121,6 +123,16 @@ def _deal(name: str, channel: object, source: Source, world: World) -> _Deal:
     log.info("%s channel is ShardedByS3Key: %d images on this host, %d over %d hosts; %d per rank and epoch",
              name, len(source), int(counts[0]), world.hosts, longest)
     return _Deal(world.local_rank, world.local_size, int(counts[0]), longest)
+
+
+def _check_replicated(name: str, count: int) -> None:
+    """A replicated channel must hold the same images on every host: dealt over different sets, the ranks would
+    run different numbers of batches and DDP would fail mid-epoch with a collective mismatch."""
+    fewest, most = -all_reduce_max(-count), all_reduce_max(count)
+    if fewest != most:
+        raise ClientError(f"the {name} channel is FullyReplicated, but the hosts hold different numbers of images "
+                          f"(from {fewest} to {most}; this one {count}): a replicated channel must be the same on "
+                          "every host; use ShardedByS3Key to give each host its own part")
 
 
 def _check_label_range(hp: HyperParameters, source: Source, channel: str) -> None:
