@@ -4,6 +4,7 @@ Every ml-root is built in ``tmp_path`` with tiny ``.rec`` files written by openi
 real FIFOs fed by a writer thread. No Docker, no network (DNS is asked only about ``localhost`` and ``.invalid``).
 """
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -207,9 +208,10 @@ def test_spool_pipe_copies_a_fifo_stream_byte_for_byte(tmp_path):
     fifo = tmp_path / "train_0"
     os.mkfifo(fifo)
     writer = feed_fifo(fifo, stream)
-    dest = spool_pipe(fifo, tmp_path / "work" / "train" / "train.rec")
+    digest = spool_pipe(fifo, tmp_path / "work" / "train" / "train.rec")
     writer.join(10)
-    assert dest == tmp_path / "work" / "train" / "train.rec" and dest.read_bytes() == stream
+    dest = tmp_path / "work" / "train" / "train.rec"
+    assert dest.read_bytes() == stream and digest == hashlib.sha256(stream).hexdigest()
     assert len(RecordSource([dest])) == 63
 
 
@@ -262,26 +264,29 @@ def _open_pass(data: Path, name: str, k: int, stream: bytes, after_s: float = 0.
 
 
 def test_pipe_feed_reads_every_pass_and_keeps_a_copy_only_when_the_stream_changed(tmp_path):
-    data, base = tmp_path / "data", tmp_path / "work" / "train" / "train.rec"
+    data, folder = tmp_path / "data", tmp_path / "work" / "train"
     data.mkdir()
     same, other = write_rec(tmp_path / "a.rec", 6).read_bytes(), write_rec(tmp_path / "b.rec", 4, 20).read_bytes()
-    base.parent.mkdir(parents=True)
-    base.write_bytes(same)  # pass 0, spooled before the ranks started
-    feed = PipeFeed({"train": Channel("train", base, pipe_fifo=data / "train"),
-                     "validation": Channel("validation", tmp_path / "val.rec")}, World())
+    folder.mkdir(parents=True)
+    (folder / "train.rec").write_bytes(same)  # pass 0, spooled before the ranks started (no state: it is hashed)
+    channel = Channel("train", folder / "train.rec", pipe_fifo=data / "train")
+    feed = PipeFeed({"train": channel, "validation": Channel("validation", tmp_path / "val.rec")}, World())
     writer = _open_pass(data, "train", 1, same, after_s=0.5)  # the reader waits for the FIFO to appear
     assert feed.advance() is None
     writer.join(10)
-    assert not writer.is_alive() and sorted(p.name for p in base.parent.iterdir()) == ["next-pass", "train.rec"]
+    assert not writer.is_alive() and sorted(p.name for p in folder.iterdir()) == ["pipe-state.json", "train.rec"]
     writer = _open_pass(data, "train", 2, other)
     fresh = feed.advance()
     assert fresh is not None and set(fresh) == {"train"}  # File-mode channels are not touched
-    assert fresh["train"].path == base.with_name("train-2.rec") and fresh["train"].path.read_bytes() == other
+    assert fresh["train"].path == folder / "train-2.rec" and fresh["train"].path.read_bytes() == other
+    assert sorted(p.name for p in folder.iterdir()) == ["pipe-state.json", "train-2.rec"]  # the old copy went
     _open_pass(data, "train", 3, other)
     assert feed.advance() is None  # pass 3 is pass 2 again
+    assert pipe_feed._in_use(channel) == folder / "train-2.rec"  # where a restarted rank would start
     _open_pass(data, "train", 4, same)
     assert feed.advance()["train"].path.name == "train-4.rec"
-    assert sorted(p.name for p in base.parent.iterdir()) == ["next-pass", "train-4.rec", "train.rec"]
+    assert sorted(p.name for p in folder.iterdir()) == ["pipe-state.json", "train-4.rec"]
+    assert json.loads((folder / "pipe-state.json").read_text())["next"] == 5
 
 
 def test_pipe_feed_names_a_pass_that_never_comes(tmp_path, monkeypatch):
@@ -309,7 +314,7 @@ def test_prepare_pipe_channels_gives_ranks_the_newest_pass_and_a_new_run_a_fresh
     prepare_pipe_channels(job, work)
     writer.join(10)
     (work / "train" / "train-2.rec").write_bytes(stream)  # as PipeFeed leaves it after a changed pass 2
-    (work / "train" / "next-pass").write_text("3\n")
+    pipe_feed._write_state(work / "train", 3, work / "train" / "train-2.rec", "x")
     restarted = load_container_job(root)
     prepare_pipe_channels(restarted, work, reuse=True)  # a rank restarted by --max-restarts
     assert restarted.channels["train"].path == work / "train" / "train-2.rec"
@@ -318,7 +323,8 @@ def test_prepare_pipe_channels_gives_ranks_the_newest_pass_and_a_new_run_a_fresh
     prepare_pipe_channels(again, work)  # a new run on this host: pass 0 again, the old passes forgotten
     writer.join(10)
     assert again.channels["train"].path == work / "train" / "train.rec"
-    assert sorted(p.name for p in (work / "train").iterdir()) == ["train.rec"]
+    assert sorted(p.name for p in (work / "train").iterdir()) == ["pipe-state.json", "train.rec"]
+    assert json.loads((work / "train" / "pipe-state.json").read_text())["next"] == 1
 
 
 # ---- publish_model ----

@@ -115,7 +115,7 @@ def test_pipe_mode_reads_a_fifo_for_every_pass(recs, tmp_path):
     assert "pipe input mode" in said and (root / "model" / "model-shapes.json").is_file()
     assert "Pipe pass 1 of the train channel: a new stream" in said
     assert "Pipe pass 1 of the validation channel: the same stream as before" in said
-    assert "Rebuilding the training data from the new Pipe streams" in said
+    assert "Rebuilding the data from the new Pipe streams" in said
     assert "Rebuilt training data: 48 images, 3 batches per epoch" in said  # 64 images in pass 0
 
 

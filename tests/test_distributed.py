@@ -310,6 +310,8 @@ def test_local_gpu_hosts_each_see_their_own_gpu():
     assert [host_environment(i, "cuda", user)["CUDA_VISIBLE_DEVICES"] for i in range(2)] == ["3", "5"]
     assert host_environment(1, "cuda", user)["PATH"] == "/bin"
     assert "CUDA_VISIBLE_DEVICES" not in host_environment(1, "cpu", {})
+    assert "CUDA_VISIBLE_DEVICES" not in host_environment(1, "auto", {})  # this machine has no CUDA: the CPU
+    assert host_environment(2, "cuda", user)["CUDA_VISIBLE_DEVICES"] == "3, 5"  # no GPU the user hid is invented
 
 
 def test_run_hosts_starts_each_host_agent_on_its_gpu(tmp_path, monkeypatch):
@@ -386,3 +388,53 @@ def test_a_replicated_channel_must_hold_the_same_images_on_every_host(counts, ex
     assert all(expect in said[r] for r in range(len(counts))), said
     if expect != "ok":
         assert "FullyReplicated" in said[0] and "use ShardedByS3Key" in said[0]
+
+
+def _pipe_pass(rank: int, port: int, root: str, out) -> None:
+    import threading
+
+    import torch.distributed as dist
+
+    from openic.data.sources import Channel
+    from openic.formats.recordio import MAGIC_BYTES
+    from openic.train.distributed import World
+    from openic.train.pipe_feed import PipeFeed
+
+    os.environ["OPENIC_PIPE_WAIT_S"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    host = Path(root) / f"host{rank}"
+    (host / "work").mkdir(parents=True)
+    (host / "work" / "train.rec").write_bytes(MAGIC_BYTES + bytes(12))
+    if rank == 1:  # host 1's next pass comes; host 0's never does
+        os.mkfifo(host / "train_1")
+
+        def feed() -> None:
+            with open(host / "train_1", "wb") as f:
+                f.write(MAGIC_BYTES + bytes(12))
+        threading.Thread(target=feed, daemon=True).start()
+    try:
+        feed = PipeFeed({"train": Channel("train", host / "work" / "train.rec", pipe_fifo=host / "train")},
+                        World(rank, 2, 0, 1))
+        feed.advance()
+        out.put((rank, "no error"))
+    except ClientError as e:
+        out.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_pipe_pass_one_host_cannot_read_fails_every_rank_with_its_reason(tmp_path):
+    import torch.multiprocessing as mp
+
+    from openic.train.launch import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_pipe_pass, args=(r, port, str(tmp_path), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    said = dict(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    for rank in (0, 1):  # rank 1 read its pass, then learnt why rank 0 could not
+        assert f"{tmp_path / 'host0' / 'train_1'} did not appear within 1 s" in said[rank], said

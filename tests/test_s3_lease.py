@@ -83,6 +83,15 @@ def test_held_lease_is_renewed_and_a_lost_one_not_deleted(s3_env, caplog):
     assert client().head_object(Bucket=s3_env, Key="o/l")["ETag"] == theirs  # theirs stays
 
 
+def test_a_lease_already_ours_is_kept(s3_env):
+    """A create botocore retried after it had gone through finds our own lease: it is ours, not a refusal."""
+    lease = S3Lease(f"s3://{s3_env}/o/l", "the output")
+    client().put_object(Bucket=s3_env, Key="o/l", Body=json.dumps(lease.holder).encode())
+    with lease:
+        assert lease.etag is not None and not lease.lost
+    assert "Contents" not in client().list_objects_v2(Bucket=s3_env, Prefix="o/")
+
+
 def test_missing_bucket_named(s3_env):
     with pytest.raises(ClientError, match="bucket 'no-such-lease-bucket' does not exist"):
         S3Lease("s3://no-such-lease-bucket/o/l", "the output").acquire()

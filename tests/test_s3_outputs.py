@@ -25,8 +25,8 @@ def data(digits_set, tmp_path):
             cut_rec(digits_set.val_rec, tmp_path / "val.rec", 0, 32))
 
 
-def _train(data, out: str, cache, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ) | {"OPENIC_S3_CACHE": str(cache)}
+def _train(data, out: str, cache, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ) | {"OPENIC_S3_CACHE": str(cache)} | (env or {})
     return subprocess.run([sys.executable, "-m", "openic", "train", "--train", str(data[0]), "--validation",
                            str(data[1]), "--output-dir", out, *HP, *extra], capture_output=True, text=True,
                           timeout=300, env=env)
@@ -90,6 +90,20 @@ def test_output_leased_by_a_job_on_another_host_is_refused(s3_env, data, tmp_pat
     ckpt = f"s3://{s3_env}/jobs/two/output"  # the same prefix as another job's checkpoint location
     proc = _train(data, str(tmp_path / "out"), tmp_path / "cache", "--epochs", "1", "--checkpoint-dir", ckpt)
     assert proc.returncode == 2 and f"the checkpoint location {ckpt}: another job" in proc.stderr
+
+
+def test_lease_on_one_prefix_for_output_and_checkpoints_survives_renewals_and_uploads(s3_env, data, tmp_path):
+    """Output and checkpoints under one prefix take one lease; renewed every 0.25 s across two epochs of checkpoint
+    uploads, it is never copied, overwritten or lost, and is gone when the job ends."""
+    uri = f"s3://{s3_env}/jobs/same"
+    proc = _train(data, uri, tmp_path / "cache", "--epochs", "2", "--checkpoint-dir", uri,
+                  env={"OPENIC_S3_LEASE_TTL_S": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Lost the lease" not in proc.stdout + proc.stderr
+    keys = _keys(uri + "/")
+    assert "model.tar.gz" in keys and "last" in keys and not any(".openic" in k for k in keys), keys
+    copies = [p for p in (tmp_path / "cache").rglob(".openic-job.lock*")]
+    assert copies == []  # neither the local lock (released) nor a downloaded copy of the lease
 
 
 def test_missing_output_bucket_fails_naming_it(s3_env, data, tmp_path):

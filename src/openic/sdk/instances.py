@@ -65,8 +65,15 @@ def check_gpu_hosts(device: str, instance_count: int, instance_type: object) -> 
 def host_environment(index: int, device: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of local host ``index``: on GPU it sees only its own GPU (the ``index``-th of those visible,
     so ``CUDA_VISIBLE_DEVICES`` set by the user is honoured), which its one process then uses as ``cuda:0``."""
+    import torch
+
     out = dict(os.environ if env is None else env)
-    if device == "auto" or device.startswith("cuda"):
-        visible = [d.strip() for d in out.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        out["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return out
+    if "CUDA_VISIBLE_DEVICES" not in out:
+        out["CUDA_VISIBLE_DEVICES"] = str(index)
+        return out
+    visible = [d.strip() for d in out["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    if index < len(visible):  # never more GPUs than the user left visible (check_gpu_hosts counted them)
+        out["CUDA_VISIBLE_DEVICES"] = visible[index]
     return out

@@ -109,16 +109,19 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str, *, skip: Callable[[s
     return sent
 
 
-def download_dir(uri: str, local_dir: str | os.PathLike[str]) -> int:
+def download_dir(uri: str, local_dir: str | os.PathLike[str], *, skip: Callable[[str], bool] | None = None) -> int:
     """Fetch the objects under ``uri`` into ``local_dir`` (relative key paths kept) unless already there.
 
     Returns the number of files fetched; a prefix with nothing under it gives 0 (no checkpoints yet), while a
-    missing bucket raises ``ClientError``. Each file appears complete or not at all.
+    missing bucket raises ``ClientError``. Each file appears complete or not at all. ``skip`` gets each relative
+    key and returns True to leave it out.
     """
     bucket, prefix = _folder(uri)
     root = Path(local_dir)
     fetched = 0
     for obj in objects_under(bucket, prefix, uri):
+        if skip is not None and skip(obj.key[len(prefix):]):
+            continue
         path = local_path(root, obj.key[len(prefix):], uri)
         if same_content(path, obj, (PART_SIZE,)):
             continue

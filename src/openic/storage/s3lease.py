@@ -27,7 +27,7 @@ import botocore.exceptions as bex
 
 from openic.errors import ClientError
 from openic.fileio import LockedError
-from openic.storage.s3base import client, error_code, s3_errors
+from openic.storage.s3base import client, endpoint_url, error_code, s3_errors
 from openic.storage.uri import parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _check_conditional_writes(uri: str) -> None:
+    """botocore's S3 model must know the conditional-write parameters (S3 has them since late 2024)."""
+    import botocore
+
+    members = client().meta.service_model.operation_model("PutObject").input_shape.members
+    if not {"IfMatch", "IfNoneMatch"} <= set(members):
+        raise ClientError(f"{uri}: guarding an S3 output needs conditional writes (PutObject If-Match / "
+                          f"If-None-Match), which botocore {botocore.__version__} does not know; upgrade boto3 "
+                          "(pip install -U 'boto3>=1.36')")
+
+
 class S3Lease:
     """Hold the lease object ``uri`` while the ``with`` body runs; ``what`` starts the refusal message."""
 
@@ -90,10 +101,12 @@ class S3Lease:
                                        **condition)["ETag"])
 
     def acquire(self) -> S3Lease:
+        _check_conditional_writes(self.uri)
         with s3_errors(self.uri):
             for _ in range(3):  # the lease may vanish (released) between our refused create and our read
                 try:
                     self.etag = self._put(IfNoneMatch="*")
+                    self._check_refused()
                     break
                 except bex.ClientError as e:
                     if error_code(e) not in _CONFLICT:
@@ -108,6 +121,17 @@ class S3Lease:
         self._thread.start()
         log.info("Holding the lease %s", self.uri)
         return self
+
+    def _check_refused(self) -> None:
+        """A second create must be refused; a store that ignores ``If-None-Match`` protects nothing, so say so."""
+        try:
+            self.etag = self._put(IfNoneMatch="*")
+        except bex.ClientError as e:
+            if error_code(e) in _CONFLICT:
+                return
+            raise
+        log.warning("the S3 store at %s ignores conditional writes (If-None-Match): the lease %s cannot keep a "
+                    "second job on another host off this output", endpoint_url(), self.uri)
 
     def _read(self) -> tuple[dict[str, Any], str, float] | None:
         """The current lease: its holder, ETag and age in seconds on the store's clock; None if it is gone."""
@@ -134,6 +158,8 @@ class S3Lease:
             pid = int(holder.get("pid", 0))
         except (TypeError, ValueError):
             ttl, pid = DEFAULT_TTL_S, 0
+        if holder.get("owner") == self.holder["owner"]:  # our own create, answered 412 when botocore retried it
+            return etag
         host = str(holder.get("host", "an unknown host"))
         space = self.holder["space"]
         dead = bool(space) and holder.get("space") == space and 0 < pid != os.getpid() and not _pid_alive(pid)
@@ -156,7 +182,7 @@ class S3Lease:
             try:
                 self.etag = self._put(IfMatch=str(self.etag))
             except bex.ClientError as e:
-                if error_code(e) in _CONFLICT + ("NoSuchKey", "404"):
+                if error_code(e) in _CONFLICT + ("NoSuchKey", "404") and not self._still_ours():
                     self.lost = True
                     log.error("Lost the lease %s: another job took it over (this one was not renewed in time); "
                               "the two may now write the same output", self.uri)
@@ -164,6 +190,17 @@ class S3Lease:
                 log.warning("could not renew the lease %s: %s", self.uri, e)
             except bex.BotoCoreError as e:
                 log.warning("could not renew the lease %s: %s", self.uri, e)
+
+    def _still_ours(self) -> bool:
+        """After a refused renewal: whether the lease is ours all the same (a retried renewal had gone through)."""
+        try:
+            held = self._read()
+        except (bex.ClientError, bex.BotoCoreError):
+            return False
+        if held is None or held[0].get("owner") != self.holder["owner"]:
+            return False
+        self.etag = held[1]
+        return True
 
     def release(self) -> None:
         self._stop.set()

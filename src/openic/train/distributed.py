@@ -95,7 +95,8 @@ def device_for(world: World, device: torch.device) -> torch.device:
 
 @contextmanager
 def process_group(world: World, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> Iterator[World]:
-    """Join the job's process group for the ``with`` body (NCCL on GPU, gloo on CPU); a world of one joins none."""
+    """Join the job's process group for the ``with`` body (on GPU NCCL, with gloo for CPU tensors; gloo on CPU); a
+    world of one joins none."""
     if not world.distributed or dist.is_initialized():
         yield world
         return
@@ -138,22 +139,31 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def all_reduce_max(value: int) -> int:
-    """The largest ``value`` over every rank; itself in a world of one."""
+def all_reduce_max(value: int, group: object = None) -> int:
+    """The largest ``value`` over every rank (of ``group``, default all); itself in a world of one."""
     if not _active():
         return value
     t = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t[0])
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
+def broadcast_object(obj: object, src: int = 0, group: object = None) -> object:
     """Rank ``src``'s ``obj`` on every rank (pickled between our own processes only, never from a file)."""
     if not _active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+def patient_group(timeout_s: float) -> object:
+    """A gloo group of every rank whose collectives wait up to ``timeout_s`` (the job's own give up after
+    ``DEFAULT_TIMEOUT_S``), for steps where one rank works while the others wait: reading a Pipe-mode pass. A
+    collective call of every rank; None in a world of one."""
+    if not _active():
+        return None
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
 
 
 def broadcast_module(model: nn.Module, src: int = 0) -> None:

@@ -154,9 +154,11 @@ def _hold_leases(held: ExitStack, remote: object) -> None:
     from openic.train.remote import RemoteOutputs
 
     assert isinstance(remote, RemoteOutputs)
+    leased: set[str] = set()
     for uri, what in ((remote.output_uri, "the output"), (remote.checkpoint_uri, "the checkpoint location")):
-        if uri is not None:
+        if uri is not None and uri not in leased:  # one lease when both are the same prefix
             held.enter_context(S3Lease(f"{uri}/{LOCK}", f"{what} {uri}"))
+            leased.add(uri)
 
 
 def _remote_job(remote: object, channels: Mapping[str, object], options: Mapping[str, object],

@@ -236,24 +236,25 @@ def _fit(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
 
 
 def _pipe_refresh(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
-                  world: distributed.World, prefetch: bool) -> Callable[[], DataBundle | None] | None:
-    """For channels fed by Pipe-mode FIFOs: read the next pass before each later epoch, and give the data rebuilt
-    from it when a stream changed (:mod:`openic.train.pipe_feed`); None when no channel is."""
+                  world: distributed.World, prefetch: bool) -> Callable[[DataBundle], None] | None:
+    """For channels fed by Pipe-mode FIFOs: read the next pass before each later epoch and, when a stream changed,
+    rebuild the data in place (:mod:`openic.train.pipe_feed`); None when no channel is."""
     if not any(c.pipe_fifo is not None for c in channels.values()):
         return None
     from openic.train.pipe_feed import PipeFeed
 
     feed = PipeFeed(channels, world)
 
-    def refresh() -> DataBundle | None:
+    def refresh(data: DataBundle) -> None:
         fresh = feed.advance()
         if fresh is None:
-            return None
-        data = build_data(hp, {**channels, **fresh}, config, prefetch=prefetch, world=world)
-        log.info("Rebuilt training data: %d images, %d batches per epoch on this rank", len(data.train_source),
-                 len(data.train))
-        optim.warn_if_epoch_length_differs(hp, len(data.train), world.hosts)
-        return data
+            return
+        data.release()  # the decoded set in memory goes before the new one is decoded
+        new = build_data(hp, {**channels, **fresh}, config, prefetch=prefetch, world=world)
+        data.train, data.validation, data.train_source = new.train, new.validation, new.train_source
+        log.info("Rebuilt training data: %d images, %d batches per epoch on this rank", len(new.train_source),
+                 len(new.train))
+        optim.warn_if_epoch_length_differs(hp, len(new.train), world.hosts)
     return refresh
 
 
@@ -290,17 +291,17 @@ def _step(hp: HyperParameters, model: nn.Module, optimizer: torch.optim.Optimize
 
 def _train_epochs(hp: HyperParameters, config: TrainConfig, step: Step, model: nn.Module, data: DataBundle,
                   run: RunState, ckpt: Checkpointer, tracker: Tracker, world: distributed.World,
-                  refresh: Callable[[], DataBundle | None] | None = None) -> None:
+                  refresh: Callable[[DataBundle], None] | None = None) -> None:
     """Per epoch: train, re-estimate BatchNorm statistics, validate, log, keep weights, checkpoint, maybe stop.
 
     ``model`` is the bare network (``step.model`` may be its DDP wrapper); every figure logged is over all ranks.
-    ``refresh`` (Pipe mode) runs before every epoch after this process's first and may give new data.
+    ``refresh`` (Pipe mode) runs before every epoch after this process's first and may rebuild ``data``.
     """
     epoch_steps, progress = optim.steps_per_epoch(hp, world.hosts), progress_enabled(config) and world.is_main
     first = run.epochs_done
     for epoch in range(first, hp.epochs):
         if refresh is not None and epoch > first:
-            data = refresh() or data
+            refresh(data)
         data.train.set_epoch(epoch)
         recent: deque = deque(maxlen=config.precise_bn_batches)
         tic = time.perf_counter()

@@ -1,21 +1,24 @@
 """SageMaker's Pipe mode over FIFOs, epoch by epoch: pass ``k`` of a channel reads ``input/data/<channel>_<k>``.
 
 SageMaker opens a new FIFO for every pass over a Pipe channel, once the previous one has been read to its end.
-Pass 0 is spooled by each host before its ranks start (:func:`openic.train.container.prepare_pipe_channels`);
-before every later epoch this process trains, the host's local rank 0 spools the next FIFO beside it. When the
-stream is the one already held (the usual case: the same objects in the same order) the copy is dropped; when any
-host's stream changed (``ShuffleConfig``, or a ``ShardedByS3Key`` split that moves between epochs) every rank
-rebuilds its data from the new copies, so each epoch trains on what SageMaker streamed for it.
+Pass 0 is spooled by each host before its ranks start (:func:`prepare_pipe_channels`); before every later epoch
+this process trains, the host's local rank 0 spools the next FIFO beside it (:class:`PipeFeed`). When the stream
+is the one already held (the usual case: the same objects in the same order; compared by SHA-256 taken while
+copying) the copy is dropped; when any host's stream changed (``ShuffleConfig``, or a ``ShardedByS3Key`` split
+that moves between epochs) every rank rebuilds its data from the new copies, so each epoch trains on what
+SageMaker streamed for it.
 
-The pass counter is kept in ``<work dir>/<channel>/next-pass``, so a rank restarted by ``--max-restarts`` goes on
-with the next FIFO instead of waiting for one SageMaker already consumed. A FIFO that does not appear within
-``OPENIC_PIPE_WAIT_S`` seconds (120 by default) fails the job naming it. A regular file standing in for
-``<channel>_0`` (a local try-out) is a single pass, reused every epoch.
+Each channel's work folder keeps ``pipe-state.json``: the next pass to read, the copy in use and its digest. So a
+rank restarted by ``--max-restarts`` starts from the copy in use and goes on with the next FIFO, instead of
+waiting for one SageMaker already consumed. A FIFO that does not appear within ``OPENIC_PIPE_WAIT_S`` seconds
+(120 by default) fails the job on every rank, naming it. A regular file standing in for ``<channel>_0`` (a local
+try-out) is a single pass, reused every epoch.
 """
 
 from __future__ import annotations
 
-import filecmp
+import hashlib
+import json
 import logging
 import os
 import time
@@ -28,18 +31,20 @@ from openic.errors import ClientError
 from openic.fileio import atomic_path, atomic_write_text, os_reason
 from openic.formats.recordio import MAGIC_BYTES
 from openic.train.container import VALID_CHANNELS, ContainerJob, is_fifo
-from openic.train.distributed import World, all_reduce_max
+from openic.train.distributed import World, all_reduce_max, broadcast_object, patient_group
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT_S = 120.0
 WAIT_ENV = "OPENIC_PIPE_WAIT_S"
-STATE = "next-pass"
+STATE = "pipe-state.json"
 SPOOL_CHUNK = 1 << 20  # bytes per read from a Pipe FIFO
+SPOOL_BUDGET_S = 3 * 3600  # how long the other ranks wait for one host's copy of a pass (beside the FIFO wait)
 
 
-def spool_pipe(fifo: Path, dest: Path) -> Path:
-    """Copy a Pipe-mode stream (read once, sequentially, in chunks) into the local RecordIO file ``dest``.
+def spool_pipe(fifo: Path, dest: Path) -> str:
+    """Copy a Pipe-mode stream (read once, sequentially, in chunks) into the local RecordIO file ``dest``; returns
+    the stream's SHA-256 (hex).
 
     Opening a FIFO blocks until SageMaker starts writing it; ``dest`` appears only once the stream has ended.
 
@@ -55,10 +60,11 @@ def spool_pipe(fifo: Path, dest: Path) -> Path:
                           "for channels in Pipe mode)") from None
     except OSError as e:
         raise ClientError(f"cannot open the Pipe-mode stream {fifo}: {os_reason(e)}") from e
-    total = 0
+    digest, total = hashlib.sha256(), 0
     with source, atomic_path(dest) as tmp, open(tmp, "wb") as out:
         while chunk := source.read(SPOOL_CHUNK):
             out.write(chunk)
+            digest.update(chunk)
             total += len(chunk)
         out.flush()
         if total == 0:
@@ -68,7 +74,28 @@ def spool_pipe(fifo: Path, dest: Path) -> Path:
                 raise ClientError(f"{fifo}: Unable to parse record: The Record IO header does not start with the "
                                   "magic number (Pipe mode needs .rec files, stored with RecordWrapperType None)")
     log.info("Spooled %d bytes from %s into %s", total, fifo, dest)
-    return dest
+    return digest.hexdigest()
+
+
+def _read_state(folder: Path) -> dict[str, object] | None:
+    try:
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(state, dict) and isinstance(state.get("next"), int) and isinstance(state.get("current"), str)
+    return state if ok else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(SPOOL_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_state(folder: Path, next_pass: int, current: Path, sha256: str) -> None:
+    atomic_write_text(folder / STATE, json.dumps({"next": next_pass, "current": current.name, "sha256": sha256}))
 
 
 def prepare_pipe_channels(job: ContainerJob, work_dir: Path, reuse: bool = False) -> None:
@@ -76,29 +103,28 @@ def prepare_pipe_channels(job: ContainerJob, work_dir: Path, reuse: bool = False
     (with ``pipe_fifo`` set when SageMaker's FIFO feeds it, so that later epochs read the next passes).
 
     A FIFO can be read only once, so call this once per host, before the ranks start (it forgets the passes of an
-    earlier run there); the ranks then call it with ``reuse=True`` and take this host's newest copy.
+    earlier run there); the ranks then call it with ``reuse=True`` and take the copy in use on this host.
     """
     for name in sorted(job.input_modes, key=VALID_CHANNELS.index):
         if job.input_modes[name] != "Pipe":
             continue
         log.info("The channel '%s' is in pipe input mode under %s", name, job.data_dir / name)
-        first = job.data_dir / f"{name}_0"
-        channel = replace(job.channels[name], path=Path(work_dir) / name / f"{name}.rec", lst=None,
+        first, folder = job.data_dir / f"{name}_0", Path(work_dir) / name
+        channel = replace(job.channels[name], path=folder / f"{name}.rec", lst=None,
                           pipe_fifo=job.data_dir / name if is_fifo(first) else None)
-        if reuse and channel.path.is_file():
-            channel = replace(channel, path=_latest(channel))
+        if reuse and _in_use(channel).is_file():
+            channel = replace(channel, path=_in_use(channel))
         else:
-            _forget_passes(channel)
-            spool_pipe(first, channel.path)
+            _forget_passes(folder, name)
+            _write_state(folder, 1, channel.path, spool_pipe(first, channel.path))
         job.channels[name] = channel
 
 
-def _forget_passes(channel: Channel) -> None:
-    """Remove the pass counter and later passes' copies an earlier run left in this channel's work folder."""
-    folder = channel.path.parent
+def _forget_passes(folder: Path, name: str) -> None:
+    """Remove the state and every copy an earlier run left in a channel's work folder."""
     (folder / STATE).unlink(missing_ok=True)
     if folder.is_dir():
-        for old in folder.glob(f"{channel.name}-*.rec"):
+        for old in [*folder.glob(f"{name}-*.rec"), folder / f"{name}.rec"]:
             old.unlink(missing_ok=True)
 
 
@@ -125,59 +151,64 @@ def wait_for_fifo(fifo: Path, wait_s: float) -> None:
         time.sleep(0.1)
 
 
-def _next_pass(channel: Channel) -> int:
-    """The FIFO this host reads next for ``channel`` (pass 0 was spooled before the ranks started)."""
-    try:
-        return max(1, int((channel.path.parent / STATE).read_text(encoding="ascii")))
-    except (OSError, ValueError):
-        return 1
-
-
-def _latest(channel: Channel) -> Path:
-    """This host's newest copy of ``channel``: the one of the pass before :func:`_next_pass`."""
-    k = _next_pass(channel) - 1
-    return channel.path.with_name(f"{channel.name}-{k}.rec") if k >= 1 else channel.path
+def _in_use(channel: Channel) -> Path:
+    """The copy of ``channel`` its host's state names as in use (the channel's own path without a state)."""
+    state = _read_state(channel.path.parent)
+    return channel.path.parent / str(state["current"]) if state is not None else channel.path
 
 
 class PipeFeed:
-    """The FIFO-fed channels of one job and the next pass to read for each."""
+    """The FIFO-fed channels of one job; :meth:`advance` reads their next passes. Built by every rank at once."""
 
     def __init__(self, channels: Mapping[str, Channel], world: World) -> None:
         self.world = world
         self.channels = {n: c for n, c in channels.items() if c.pipe_fifo is not None}
-        self.wait_s = pipe_wait_s() if self.channels else DEFAULT_WAIT_S
+        self.wait_s = pipe_wait_s()
+        self.group = patient_group(self.wait_s + SPOOL_BUDGET_S)  # the others wait while a host copies a pass
 
-    def __bool__(self) -> bool:
-        return bool(self.channels)
+    def _spool_next(self, channel: Channel) -> tuple[Path, bool]:
+        """Local rank 0: copy the channel's next pass beside the copy in use; the new copy and whether it differs."""
+        folder = channel.path.parent
+        state = _read_state(folder) or {"next": 1, "current": channel.path.name, "sha256": _sha256(channel.path)}
+        k, current = int(state["next"]), folder / str(state["current"])  # type: ignore[call-overload]
+        fifo = channel.pipe_fifo.with_name(f"{channel.pipe_fifo.name}_{k}")  # type: ignore[union-attr]
+        wait_for_fifo(fifo, self.wait_s)
+        new = folder / f"{channel.name}-{k}.rec"
+        digest = spool_pipe(fifo, new)
+        same = digest == state.get("sha256")
+        if same:
+            new.unlink()
+            _write_state(folder, k + 1, current, digest)
+        else:
+            _write_state(folder, k + 1, new, digest)
+            current.unlink(missing_ok=True)  # ranks that still map it keep reading it until they rebuild
+        log.info("Pipe pass %d of the %s channel: %s", k, channel.name,
+                 "the same stream as before" if same else "a new stream")
+        return (current if same else new), not same
 
     def advance(self) -> dict[str, Channel] | None:
         """Read every FIFO channel's next pass (a collective call: every rank, before an epoch after its first).
 
-        Returns the channels to rebuild the data from when any host's stream changed, else None.
+        Returns the channels to rebuild the data from when any host's stream changed, else None. A pass that
+        cannot be read fails every rank with the reason of the first rank that met it.
         """
-        changed, spooled = 0, {}
+        changed, error = 0, None
         if self.world.local_rank == 0:
-            for name, channel in self.channels.items():
-                k = _next_pass(channel)
-                fifo = channel.pipe_fifo.with_name(f"{channel.pipe_fifo.name}_{k}")  # type: ignore[union-attr]
-                wait_for_fifo(fifo, self.wait_s)
-                new = spool_pipe(fifo, channel.path.with_name(f"{name}-{k}.rec"))
-                atomic_write_text(channel.path.parent / STATE, f"{k + 1}\n")
-                same = filecmp.cmp(channel.path, new, shallow=False)
-                log.info("Pipe pass %d of the %s channel: %s", k, name,
-                         "the same stream as before" if same else "a new stream")
-                changed |= not same
-                spooled[name] = new
-        if not all_reduce_max(int(changed)):  # every host's streams are the ones held: train on as before
-            for new in spooled.values():
-                new.unlink(missing_ok=True)
+            try:
+                for name, channel in self.channels.items():
+                    path, differs = self._spool_next(channel)
+                    self.channels[name] = replace(channel, path=path)
+                    changed |= differs
+            except ClientError as e:
+                error = e
+        failed = all_reduce_max(self.world.rank + 1 if error is not None else 0, self.group)
+        if failed:
+            reason = broadcast_object(str(error) if error is not None else None, src=failed - 1, group=self.group)
+            raise ClientError(str(reason)) from error
+        if not all_reduce_max(changed, self.group):  # every host's streams are the ones held: train on as before
             return None
-        old = {n: c.path for n, c in self.channels.items()}
-        self.channels = {n: replace(c, path=_latest(c)) for n, c in self.channels.items()}
-        if self.world.local_rank == 0:  # the copy before, unless it is pass 0's (a restarted rank starts from it)
-            for name, path in old.items():
-                if path != self.channels[name].path and path.name != f"{name}.rec":
-                    path.unlink(missing_ok=True)
-        log.info("Rebuilding the training data from the new Pipe streams (%s)",
+        if self.world.local_rank != 0:  # this host's first process wrote where the copies in use are now
+            self.channels = {n: replace(c, path=_in_use(c)) for n, c in self.channels.items()}
+        log.info("Rebuilding the data from the new Pipe streams (%s)",
                  ", ".join(str(c.path) for c in self.channels.values()))
         return dict(self.channels)

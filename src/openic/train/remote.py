@@ -32,6 +32,12 @@ def _uri(value: str | os.PathLike[str] | None) -> str | None:
     return str(value).rstrip("/") if value is not None and is_s3(value) else None
 
 
+def _lease(rel: str) -> bool:
+    """The local lock and the S3 lease (``openic.storage.s3lease``) are never copied either way: a copied lease
+    would overwrite the live one under its holder."""
+    return rel.rsplit("/", 1)[-1].startswith(LOCK_PREFIX)
+
+
 @dataclass(frozen=True)
 class RemoteOutputs:
     """Where a job's files go when ``output_dir`` and/or ``checkpoint_dir`` are on S3."""
@@ -71,7 +77,7 @@ class RemoteOutputs:
             return
         if local.exists():
             shutil.rmtree(local)
-        fetched = download_dir(uri, local)
+        fetched = download_dir(uri, local, skip=_lease)
         log.info("%s", f"resuming from {uri}: {fetched} file(s)" if fetched else f"no checkpoints under {uri} yet")
 
     def push_checkpoints(self) -> None:
@@ -80,11 +86,11 @@ class RemoteOutputs:
 
         uri, local = self._checkpoints()
         if uri is not None and local.is_dir():
-            upload_dir(local, uri)
+            upload_dir(local, uri, skip=_lease)
 
     def _not_output(self, rel: str) -> bool:
         """The job's lock file, and ``checkpoints/`` inside the output folder (it went up just before)."""
-        return rel.startswith(LOCK_PREFIX) or (self.checkpoint_dir is None and rel.startswith(CHECKPOINTS + "/"))
+        return _lease(rel) or (self.checkpoint_dir is None and rel.startswith(CHECKPOINTS + "/"))
 
     def push_all(self) -> str | None:
         """Upload everything; returns why it failed (the job then fails with it), or None."""

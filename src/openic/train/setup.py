@@ -50,6 +50,10 @@ class DataBundle:
     validation: BatchStream
     train_source: Source
 
+    def release(self) -> None:
+        """Drop the streams (and the images they hold) before a rebuild fills this bundle again."""
+        self.train = self.validation = self.train_source = None  # type: ignore[assignment]
+
 
 def build_data(hp: HyperParameters, channels: dict[str, Channel], config: TrainConfig,
                prefetch: bool = False, world: World | None = None) -> DataBundle:
