@@ -36,6 +36,8 @@ SUITE: dict[str, tuple[str, list[str], list[str], str]] = {
     "serve": ("serve.py", ["--seconds", "4"], ["--seconds", "1", "--backends", "onnx"],
               "inference latency/throughput, torch and ONNX Runtime, vs MXNet's forward"),
     "mxnet_import": ("mxnet_import.py", [], [], "imported SageMaker/MXNet models vs MXNet's outputs"),
+    "peak": ("peak.py", ["--seconds", "4"], ["--seconds", "1"],
+             "the fp32 GEMM peak of this CPU beside MXNet's and openic's forward and training step"),
 }
 
 

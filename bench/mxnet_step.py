@@ -54,8 +54,8 @@ def main() -> None:
         step()
         times.append(time.perf_counter() - tic)
     mean = sum(times) / len(times)
-    print(json.dumps({"mxnet": mx.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "steps": len(times),
-                      "step_ms": mean * 1e3, "images_per_s": b / mean}), flush=True)
+    print(json.dumps({"mxnet": mx.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                      "steps": len(times), "step_ms": mean * 1e3, "images_per_s": b / mean}), flush=True)
 
 
 if __name__ == "__main__":
