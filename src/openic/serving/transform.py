@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -149,26 +150,38 @@ def transform(predictor: Predictor, source: Path, output: Path, options: Transfo
         with ThreadPoolExecutor(options.workers) as pool:
             for start in range(0, len(todo), options.batch_size):
                 chunk = todo[start:start + options.batch_size]
-                prepared = list(pool.map(lambda o: _prepare(predictor, o, options), chunk))
+                decoded = list(pool.map(lambda o: _decode(predictor, o, options), chunk))
+                prepared = [_preprocess(predictor, images, options) for images in decoded]  # torch: this thread
                 _finish_chunk(predictor, chunk, prepared, answer, options, report)
                 bar.update(len(chunk))
         bar.close()
     return report
 
 
-def _prepare(predictor: Predictor, obj: _Object, options: TransformOptions) -> object:
-    """The object's preprocessed batch, or the reason it cannot be read (an exception, returned)."""
+def _decode(predictor: Predictor, obj: _Object, options: TransformOptions) -> list[np.ndarray] | Exception:
+    """The object's decoded images (numpy, no torch: the decoding threads must not start OpenMP teams of their
+    own beside the forward pass's), or the reason it cannot be read (an exception, returned)."""
     limit = int(options.max_payload_mb * 1024 * 1024)
     try:
         bodies = obj.records if obj.records is not None else [obj.path.read_bytes()]  # type: ignore[union-attr]
-        images = []
+        images: list[np.ndarray] = []
         for body in bodies:
             if len(body) > limit:
                 raise RequestError(413, f"{len(body):,} bytes, more than the payload limit of {limit:,}")
             kind = NPY_TYPE if obj.path is not None and obj.path.suffix == ".npy" else options.content_type
             images += decode(body, kind, predictor.image_shape[0], max_pixels=options.max_image_pixels)
-        return predictor.preprocess(images, options.preprocess)
+        return images
     except (ClientError, OSError) as e:
+        return e
+
+
+def _preprocess(predictor: Predictor, images: list[np.ndarray] | Exception, options: TransformOptions) -> object:
+    """The object's model input (torch, on the calling thread), or why it cannot be made."""
+    if isinstance(images, Exception):
+        return images
+    try:
+        return predictor.preprocess(images, options.preprocess)
+    except ClientError as e:
         return e
 
 
