@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "openic"
 # package or module (dotted, relative to openic; the longest matching prefix wins) → layer
 LAYERS = {
     "": 0,  # openic/__init__.py: __version__ and lazy re-exports by name only
-    "errors": 0, "fileio": 0, "logs": 0,
+    "errors": 0, "fileio": 0, "logs": 0, "settings": 0,
     "hyperparams": 1, "models.depths": 1, "formats": 1, "storage": 1,
     "prep": 2, "models": 2, "tracking": 2,
     "artifacts": 3, "data": 3,
@@ -22,7 +22,7 @@ LAYERS = {
     "cli": 6, "__main__": 6,
 }
 # third-party imports a layer must not make (the file formats and the schema stay light and torch-free)
-NO_TORCH = ("errors", "fileio", "logs", "hyperparams", "models.depths", "formats", "prep", "storage")
+NO_TORCH = ("errors", "fileio", "logs", "settings", "hyperparams", "models.depths", "formats", "prep", "storage")
 FORBIDDEN_THIRD_PARTY = {**{m: ("torch",) for m in NO_TORCH}, "formats.recordio": ("torch", "numpy")}
 # same-layer imports that are still wrong: serving never imports training or tracking
 FORBIDDEN_SIDEWAYS = {"serving": ("train", "tracking")}

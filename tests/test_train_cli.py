@@ -154,9 +154,13 @@ def test_incremental_training_and_mismatch(tmp_path, small, capsys):
     assert text.startswith("ClientError:") and "num_layers" in text
 
 
-def test_float16_precision_runs_bf16_on_cpu(tmp_path, small):
+def test_float16_precision_runs_bf16_on_cpu(tmp_path, small, capsys):
+    from openic.models.precision import native_bf16
+
     assert _train(small, tmp_path, "--precision_dtype", "float16") == 0
     assert _epochs(tmp_path)[0]["train:loss"] > 0
+    warned = "this one has no native bfloat16" in capsys.readouterr().out
+    assert warned == (not native_bf16())  # said on a CPU that emulates bfloat16, and only there
 
 
 def test_pretrained_without_weights_says_how_to_supply_them(tmp_path, small, monkeypatch):

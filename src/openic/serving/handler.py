@@ -25,6 +25,7 @@ from openic.artifacts.model import load_model
 from openic.data.transforms import Augmenter, inference_transform
 from openic.errors import ClientError, DataError, shown
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_image
+from openic.models.precision import native_bf16
 from openic.serving import BACKENDS
 from openic.storage.local import local_path
 
@@ -83,7 +84,7 @@ def bf16_backend(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> T
     probe = np.random.default_rng(0).integers(0, 256, (4, *image_shape)).astype(np.float32)
     with torch.inference_mode():
         want = torch.softmax(model.eval()(torch.from_numpy(probe)), 1)
-    if not _native_bf16():
+    if not native_bf16():
         log.warning("torch-bf16: this CPU has no native bfloat16 (AMX or AVX-512 BF16); it will be slower than "
                     "float32 here")
     backend = TorchBackend(model, torch.bfloat16)
@@ -93,15 +94,6 @@ def bf16_backend(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> T
         raise ClientError(f"--backend torch-bf16: bfloat16 changes this model's probabilities by {gap:.2g} on a "
                           f"probe batch (limit {BF16_TOLERANCE}); serve it with --backend torch or onnx")
     return backend
-
-
-def _native_bf16() -> bool:
-    if torch.cuda.is_available():
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @dataclass(frozen=True)

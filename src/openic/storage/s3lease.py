@@ -27,6 +27,7 @@ import botocore.exceptions as bex
 
 from openic.errors import ClientError
 from openic.fileio import LockedError
+from openic.settings import env_seconds
 from openic.storage.s3base import client, endpoint_url, error_code, s3_errors
 from openic.storage.uri import parse_s3_uri
 
@@ -38,15 +39,7 @@ _CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def lease_ttl() -> float:
-    raw = os.environ.get(TTL_ENV, "")
-    try:
-        ttl = float(raw) if raw else DEFAULT_TTL_S
-    except ValueError:
-        ttl = -1.0
-    if not 1.0 <= ttl <= 86400.0:
-        raise ClientError(f"{TTL_ENV}={raw!r} is not valid: expected seconds from 1 to 86400 (default "
-                          f"{DEFAULT_TTL_S:g})")
-    return ttl
+    return env_seconds(TTL_ENV, DEFAULT_TTL_S, 1.0, 86400.0)
 
 
 def process_space() -> str:

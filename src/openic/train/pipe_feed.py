@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -30,6 +29,7 @@ from openic.data.sources import Channel
 from openic.errors import ClientError
 from openic.fileio import atomic_path, atomic_write_text, os_reason
 from openic.formats.recordio import MAGIC_BYTES
+from openic.settings import env_seconds
 from openic.train.container import VALID_CHANNELS, ContainerJob, is_fifo
 from openic.train.distributed import World, all_reduce_max, broadcast_object, patient_group
 
@@ -129,15 +129,7 @@ def _forget_passes(folder: Path, name: str) -> None:
 
 
 def pipe_wait_s() -> float:
-    raw = os.environ.get(WAIT_ENV, "")
-    try:
-        wait = float(raw) if raw else DEFAULT_WAIT_S
-    except ValueError:
-        wait = -1.0
-    if not 0.0 < wait <= 3600.0:
-        raise ClientError(f"{WAIT_ENV}={raw!r} is not valid: expected seconds above 0, up to 3600 (default "
-                          f"{DEFAULT_WAIT_S:g})")
-    return wait
+    return env_seconds(WAIT_ENV, DEFAULT_WAIT_S, 0.1, 3600.0)
 
 
 def wait_for_fifo(fifo: Path, wait_s: float) -> None:
