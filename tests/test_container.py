@@ -297,6 +297,16 @@ def test_pipe_feed_names_a_pass_that_never_comes(tmp_path, monkeypatch):
         feed.advance()
 
 
+def test_pipe_feed_names_a_pass_that_gets_no_writer(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENIC_PIPE_WAIT_S", "0.5")
+    base = write_rec(tmp_path / "work" / "train" / "train.rec", 2)
+    os.mkfifo(tmp_path / "train_1")  # it appears, but SageMaker never writes it
+    feed = PipeFeed({"train": Channel("train", base, pipe_fifo=tmp_path / "train")}, World())
+    with pytest.raises(ClientError, match=r"Pipe-mode stream .*train_1: nobody wrote to it within 0.5 s"):
+        feed.advance()
+    assert sorted(p.name for p in base.parent.iterdir()) == ["train.rec"]  # no partial copy, no state change
+
+
 @pytest.mark.parametrize("raw", ["0", "-1", "x", "4000"])
 def test_pipe_wait_from_the_environment_is_bounded(monkeypatch, raw):
     monkeypatch.setenv("OPENIC_PIPE_WAIT_S", raw)

@@ -10,20 +10,25 @@ SageMaker streamed for it.
 
 Each channel's work folder keeps ``pipe-state.json``: the next pass to read, the copy in use and its digest. So a
 rank restarted by ``--max-restarts`` starts from the copy in use and goes on with the next FIFO, instead of
-waiting for one SageMaker already consumed. A FIFO that does not appear within ``OPENIC_PIPE_WAIT_S`` seconds
-(120 by default) fails the job on every rank, naming it. A regular file standing in for ``<channel>_0`` (a local
-try-out) is a single pass, reused every epoch.
+waiting for one SageMaker already consumed. A FIFO that does not appear, or gets no writer, within
+``OPENIC_PIPE_WAIT_S`` seconds (120 by default, each) fails the job on every rank, naming it. A regular file
+standing in for ``<channel>_0`` (a local try-out) is a single pass, reused every epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 from openic.data.sources import Channel
 from openic.errors import ClientError
@@ -42,19 +47,47 @@ SPOOL_CHUNK = 1 << 20  # bytes per read from a Pipe FIFO
 SPOOL_BUDGET_S = 3 * 3600  # how long the other ranks wait for one host's copy of a pass (beside the FIFO wait)
 
 
-def spool_pipe(fifo: Path, dest: Path) -> str:
+def _open_within(fifo: Path, timeout_s: float) -> BinaryIO:
+    """Open ``fifo`` for reading, failing when no writer comes within ``timeout_s`` (the open blocks till then)."""
+    box: dict[str, object] = {}
+
+    def opener() -> None:
+        try:
+            box["file"] = open(fifo, "rb", buffering=0)
+        except OSError as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=opener, name="pipe-open", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():  # release the blocked open: a writer that connects and leaves at once
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        if isinstance(box.get("file"), io.IOBase):
+            box["file"].close()  # type: ignore[union-attr]
+        raise ClientError(f"Pipe-mode stream {fifo}: nobody wrote to it within {timeout_s:g} s ({WAIT_ENV} sets "
+                          "the wait)")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["file"]  # type: ignore[return-value]
+
+
+def spool_pipe(fifo: Path, dest: Path, open_timeout_s: float | None = None) -> str:
     """Copy a Pipe-mode stream (read once, sequentially, in chunks) into the local RecordIO file ``dest``; returns
     the stream's SHA-256 (hex).
 
-    Opening a FIFO blocks until SageMaker starts writing it; ``dest`` appears only once the stream has ended.
+    Opening a FIFO blocks until SageMaker starts writing it (at most ``open_timeout_s`` when given); ``dest``
+    appears only once the stream has ended.
 
     Raises:
-        ClientError: the FIFO is missing, the stream is empty or is not RecordIO (naming the FIFO).
+        ClientError: the FIFO is missing, gets no writer in time, the stream is empty or is not RecordIO (naming
+            the FIFO).
     """
     fifo, dest = Path(fifo), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        source = open(fifo, "rb", buffering=0)  # closed by the with below
+    try:  # closed by the with below
+        source = open(fifo, "rb", buffering=0) if open_timeout_s is None else _open_within(fifo, open_timeout_s)
     except FileNotFoundError:
         raise ClientError(f"Pipe-mode stream {fifo} does not exist (SageMaker creates <channel>_<epoch> FIFOs "
                           "for channels in Pipe mode)") from None
@@ -166,7 +199,7 @@ class PipeFeed:
         fifo = channel.pipe_fifo.with_name(f"{channel.pipe_fifo.name}_{k}")  # type: ignore[union-attr]
         wait_for_fifo(fifo, self.wait_s)
         new = folder / f"{channel.name}-{k}.rec"
-        digest = spool_pipe(fifo, new)
+        digest = spool_pipe(fifo, new, open_timeout_s=self.wait_s)
         same = digest == state.get("sha256")
         if same:
             new.unlink()
