@@ -45,11 +45,18 @@ def _gpu_or_cpu(instance_type: str) -> str:
     return "cpu"
 
 
+def _wants_gpu(device: str) -> bool:
+    """Whether a job with this ``device`` option trains on GPU here ("auto": when CUDA is available)."""
+    import torch
+
+    return device != "cpu" and (device != "auto" or torch.cuda.is_available())
+
+
 def check_gpu_hosts(device: str, instance_count: int, instance_type: object) -> None:
     """``instance_count`` GPU hosts on this machine take one GPU each (NCCL refuses two ranks on one GPU)."""
     import torch
 
-    if device == "cpu" or instance_count == 1 or (device == "auto" and not torch.cuda.is_available()):
+    if instance_count == 1 or not _wants_gpu(device):
         return
     if device not in ("cuda", "auto"):
         raise ClientError(f"device {shown(device)} with instance_count={instance_count}: every host would train on "
@@ -65,10 +72,8 @@ def check_gpu_hosts(device: str, instance_count: int, instance_type: object) -> 
 def host_environment(index: int, device: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of local host ``index``: on GPU it sees only its own GPU (the ``index``-th of those visible,
     so ``CUDA_VISIBLE_DEVICES`` set by the user is honoured), which its one process then uses as ``cuda:0``."""
-    import torch
-
     out = dict(os.environ if env is None else env)
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+    if not _wants_gpu(device):
         return out
     if "CUDA_VISIBLE_DEVICES" not in out:
         out["CUDA_VISIBLE_DEVICES"] = str(index)

@@ -34,6 +34,7 @@ from openic.data.sources import Channel
 from openic.errors import ClientError
 from openic.fileio import atomic_path, atomic_write_text, os_reason
 from openic.formats.recordio import MAGIC_BYTES
+from openic.prep.download import file_digest
 from openic.settings import env_seconds
 from openic.train.container import VALID_CHANNELS, ContainerJob, is_fifo
 from openic.train.distributed import World, all_reduce_max, broadcast_object, patient_group
@@ -119,14 +120,6 @@ def _read_state(folder: Path) -> dict[str, object] | None:
     return state if ok else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(SPOOL_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_state(folder: Path, next_pass: int, current: Path, sha256: str) -> None:
     atomic_write_text(folder / STATE, json.dumps({"next": next_pass, "current": current.name, "sha256": sha256}))
 
@@ -145,8 +138,9 @@ def prepare_pipe_channels(job: ContainerJob, work_dir: Path, reuse: bool = False
         first, folder = job.data_dir / f"{name}_0", Path(work_dir) / name
         channel = replace(job.channels[name], path=folder / f"{name}.rec", lst=None,
                           pipe_fifo=job.data_dir / name if is_fifo(first) else None)
-        if reuse and _in_use(channel).is_file():
-            channel = replace(channel, path=_in_use(channel))
+        in_use = _in_use(channel) if reuse else None
+        if in_use is not None and in_use.is_file():
+            channel = replace(channel, path=in_use)
         else:
             _forget_passes(folder, name)
             _write_state(folder, 1, channel.path, spool_pipe(first, channel.path))
@@ -194,7 +188,8 @@ class PipeFeed:
     def _spool_next(self, channel: Channel) -> tuple[Path, bool]:
         """Local rank 0: copy the channel's next pass beside the copy in use; the new copy and whether it differs."""
         folder = channel.path.parent
-        state = _read_state(folder) or {"next": 1, "current": channel.path.name, "sha256": _sha256(channel.path)}
+        state = _read_state(folder) or {"next": 1, "current": channel.path.name,
+                                        "sha256": file_digest(channel.path, "sha256")}
         k, current = int(state["next"]), folder / str(state["current"])  # type: ignore[call-overload]
         fifo = channel.pipe_fifo.with_name(f"{channel.pipe_fifo.name}_{k}")  # type: ignore[union-attr]
         wait_for_fifo(fifo, self.wait_s)
@@ -215,7 +210,7 @@ class PipeFeed:
         """Read every FIFO channel's next pass (a collective call: every rank, before an epoch after its first).
 
         Returns the channels to rebuild the data from when any host's stream changed, else None. A pass that
-        cannot be read fails every rank with the reason of the first rank that met it.
+        cannot be read fails every rank with the reason of the highest rank that met it.
         """
         changed, error = 0, None
         if self.world.local_rank == 0:
