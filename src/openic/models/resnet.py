@@ -29,6 +29,7 @@ from torch import nn
 
 from openic.errors import ClientError
 from openic.hyperparams import MAX_CLASSES, parse_image_shape
+from openic.models.conv import Conv2d
 from openic.models.depths import DEPTHS, SMALL_STEM_MAX_HEIGHT, Layout, min_image_side
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+    return Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
 
 
 class FixedGammaBatchNorm2d(nn.BatchNorm2d):

@@ -1,0 +1,59 @@
+"""The network's convolution: ``nn.Conv2d``, with a faster path for bfloat16 3x3 convolutions on tiny maps.
+
+Why: on a 2-core Xeon with AMX, oneDNN's bfloat16 kernels run the 3x3 convolutions of a ResNet's last stage at
+28–32 px input (512 channels on a 4x4 map) at a third of the rate of the same FLOPs on larger maps; their
+backward pass alone was 30 % of a ResNet-18 training step. The same product written as one matrix multiply over
+the gathered 3x3 patches (im2col) runs on oneDNN's AMX GEMM instead: the step went from ~285 to ~360 images/s
+(bench/RESULTS.md, 2026-12-07). In float32, and on maps of 7x7 and more, the convolution kernels are as fast or
+faster, so everything else keeps ``F.conv2d``. The parameters are ``nn.Conv2d``'s, so state dicts, the MXNet
+mapping and ONNX export (float32) are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input
+
+
+def _computes_in_bf16(x: torch.Tensor) -> bool:
+    if x.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def im2col_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, stride=stride, padding=padding)`` (square kernel, no bias, groups 1) as one matrix
+    multiply; the result is NCHW-shaped in channels-last memory, as oneDNN's convolution returns it."""
+    n, c, h, w = x.shape
+    k = weight.shape[2]
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))
+    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    patches = [xp[:, i : i + span_h : stride, j : j + span_w : stride, :] for i in range(k) for j in range(k)]
+    cols = torch.cat(patches, 3)
+    flat_w = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], k * k * c)  # (out, kh, kw, in): the cols' order
+    out = cols.reshape(n * ho * wo, k * k * c) @ flat_w.t()
+    return out.view(n, ho, wo, weight.shape[0]).permute(0, 3, 1, 2)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (no bias) that takes :func:`im2col_conv2d` for a CPU bfloat16 3x3 convolution, stride 1 or
+    2, padding 1, whose output has at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels."""
+
+    def uses_gemm(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the matrix-multiply path (checked per call: shapes and dtype vary)."""
+        if x.device.type != "cpu" or x.dim() != 4 or self.kernel_size != (3, 3) or self.padding != (1, 1):
+            return False
+        if self.stride not in ((1, 1), (2, 2)) or self.groups != 1 or self.dilation != (1, 1) or self.bias is not None:
+            return False
+        s = self.stride[0]
+        out_pixels = ((x.shape[2] - 1) // s + 1) * ((x.shape[3] - 1) // s + 1)
+        return self.padding_mode == "zeros" and out_pixels <= GEMM_MAX_OUTPUT_PIXELS and _computes_in_bf16(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_gemm(x):
+            return im2col_conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride[0], 1)
+        return super().forward(x)

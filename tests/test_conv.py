@@ -1,0 +1,81 @@
+"""The bfloat16 small-map convolution path (openic.models.conv) against F.conv2d, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from openic.models import create_model
+from openic.models.conv import Conv2d, im2col_conv2d
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("side", [3, 4, 7])
+def test_im2col_conv2d_equals_conv2d_in_float64(stride, side):
+    torch.manual_seed(side * 10 + stride)
+    x = torch.randn(3, 5, side, side + 1, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn_like(F.conv2d(x, w, stride=stride, padding=1))
+    ours = im2col_conv2d(x, w, stride, 1)
+    ref = F.conv2d(x, w, stride=stride, padding=1)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref)
+    ours_grads = torch.autograd.grad(ours, [x, w], g)
+    ref_grads = torch.autograd.grad(ref, [x, w], g)
+    for a, b in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def _conv(stride: int = 1, kernel: int = 3) -> Conv2d:
+    return Conv2d(8, 16, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+def test_the_gemm_path_is_taken_only_for_bf16_3x3_on_small_maps():
+    conv = _conv()
+    small, large = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 5, 5)
+    assert not conv.uses_gemm(small)  # float32
+    assert conv.uses_gemm(small.bfloat16())
+    assert not conv.uses_gemm(large.bfloat16())  # 25 output pixels
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv.uses_gemm(small)
+        assert not conv.uses_gemm(large)
+        assert _conv(stride=2).uses_gemm(torch.randn(2, 8, 8, 8))  # 4x4 out
+        assert not _conv(kernel=1).uses_gemm(small)
+        assert not Conv2d(8, 16, 3, padding=1, bias=True).uses_gemm(small)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not conv.uses_gemm(small)
+
+
+@pytest.mark.parametrize("stride,side", [(1, 4), (2, 7), (2, 8)])
+def test_bf16_forward_and_gradients_match_the_convolution(stride, side):
+    torch.manual_seed(stride + side)
+    conv = _conv(stride)
+    ref = torch.nn.Conv2d(8, 16, 3, stride=stride, padding=1, bias=False)
+    ref.weight = conv.weight
+    x = torch.randn(4, 8, side, side).contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for module in (conv, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(x)
+        assert y.dtype == torch.bfloat16
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y.float())
+        grads.append(module.weight.grad.clone())
+        module.weight.grad = None
+    assert conv.uses_gemm(x.bfloat16())
+    torch.testing.assert_close(outs[0], outs[1], atol=0.05, rtol=0.02)  # both round the product to bfloat16
+    torch.testing.assert_close(grads[0], grads[1], atol=0.05, rtol=0.02)
+    assert grads[0].dtype == torch.float32  # the float32 master weight gets a float32 gradient
+
+
+def test_resnet_stage4_at_28px_takes_the_gemm_path_and_keeps_its_state_dict():
+    model = create_model(18, 10, (3, 28, 28))
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, Conv2d):
+            module.register_forward_pre_hook(lambda m, args, n=name: taken.append(n) if m.uses_gemm(args[0]) else None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.rand(2, 3, 28, 28) * 255)
+    assert taken == ["stage4.unit1.conv1", "stage4.unit1.conv2", "stage4.unit2.conv1", "stage4.unit2.conv2"]
+    assert "stage4.unit1.conv2.weight" in model.state_dict()
