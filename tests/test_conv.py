@@ -79,3 +79,25 @@ def test_resnet_stage4_at_28px_takes_the_gemm_path_and_keeps_its_state_dict():
         model(torch.rand(2, 3, 28, 28) * 255)
     assert taken == ["stage4.unit1.conv1", "stage4.unit1.conv2", "stage4.unit2.conv1", "stage4.unit2.conv2"]
     assert "stage4.unit1.conv2.weight" in model.state_dict()
+
+
+def test_float32_small_maps_run_in_the_plain_layout_on_avx512_and_match(monkeypatch):
+    import openic.models.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "_AVX512", True)
+    torch.manual_seed(3)
+    conv = _conv()
+    x = torch.randn(32, 8, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert conv.uses_plain_layout(x) and not conv.uses_gemm(x)
+    assert not conv.uses_plain_layout(x[:31])  # below the batch where it pays
+    assert not conv.uses_plain_layout(x.detach().contiguous())  # already plain: nothing to change
+    y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # the next layers keep their layout
+    ref = F.conv2d(x, conv.weight, padding=1)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(y, [x, conv.weight], g), torch.autograd.grad(ref, [x, conv.weight], g),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)  # another kernel sums in another order
+    monkeypatch.setattr(conv_module, "_AVX512", False)
+    assert not conv.uses_plain_layout(x)

@@ -1,12 +1,12 @@
-"""The network's convolution: ``nn.Conv2d``, with a faster path for bfloat16 3x3 convolutions on tiny maps.
+"""The network's convolution: ``nn.Conv2d``, with faster paths for 3x3 convolutions on tiny CPU feature maps.
 
 Why: on a 2-core Xeon with AMX, oneDNN's bfloat16 kernels run the 3x3 convolutions of a ResNet's last stage at
 28–32 px input (512 channels on a 4x4 map) at a third of the rate of the same FLOPs on larger maps; their
 backward pass alone was 30 % of a ResNet-18 training step. The same product written as one matrix multiply over
 the gathered 3x3 patches (im2col) runs on oneDNN's AMX GEMM instead: the step went from ~285 to ~360 images/s
-(bench/RESULTS.md, 2026-12-07). In float32, and on maps of 7x7 and more, the convolution kernels are as fast or
-faster, so everything else keeps ``F.conv2d``. The parameters are ``nn.Conv2d``'s, so state dicts, the MXNet
-mapping and ONNX export (float32) are unchanged.
+(bench/RESULTS.md, 2026-12-07). In float32 the GEMM is no faster, but the plain NCHW layout is (see
+:class:`Conv2d`). On maps of 7x7 and more the convolution kernels win, so they keep ``F.conv2d`` as it is. The
+parameters are ``nn.Conv2d``'s, so state dicts, the MXNet mapping and ONNX export (float32) are unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input
+PLAIN_LAYOUT_MIN_BATCH = 32  # at batch 1 the plain layout was slower (torch runs its own small-input kernel)
+_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _computes_in_bf16(x: torch.Tensor) -> bool:
@@ -40,20 +42,35 @@ def im2col_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (no bias) that takes :func:`im2col_conv2d` for a CPU bfloat16 3x3 convolution, stride 1 or
-    2, padding 1, whose output has at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels."""
+    """``nn.Conv2d`` with two paths for a CPU 3x3 convolution (stride 1 or 2, padding 1, no bias) whose output has
+    at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels: :func:`im2col_conv2d` in bfloat16, and in float32 on an
+    AVX-512 CPU oneDNN's plain-layout (NCHW) kernel, which ran a 512-channel 4x4 map's forward and backward 1.5x
+    faster than its channels-last one (the ResNet-18 fp32 step gained 4-7 %; AVX2 CPUs were not measured, so
+    they keep the default)."""
 
-    def uses_gemm(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x)`` takes the matrix-multiply path (checked per call: shapes and dtype vary)."""
+    def _small_map(self, x: torch.Tensor) -> bool:
         if x.device.type != "cpu" or x.dim() != 4 or self.kernel_size != (3, 3) or self.padding != (1, 1):
             return False
         if self.stride not in ((1, 1), (2, 2)) or self.groups != 1 or self.dilation != (1, 1) or self.bias is not None:
             return False
         s = self.stride[0]
         out_pixels = ((x.shape[2] - 1) // s + 1) * ((x.shape[3] - 1) // s + 1)
-        return self.padding_mode == "zeros" and out_pixels <= GEMM_MAX_OUTPUT_PIXELS and _computes_in_bf16(x)
+        return self.padding_mode == "zeros" and out_pixels <= GEMM_MAX_OUTPUT_PIXELS
+
+    def uses_gemm(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the matrix-multiply path (checked per call: shapes and dtype vary)."""
+        return self._small_map(x) and _computes_in_bf16(x)
+
+    def uses_plain_layout(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` runs the float32 convolution on NCHW copies of a channels-last input."""
+        return (self._small_map(x) and x.dtype == torch.float32 and not _computes_in_bf16(x) and _AVX512
+                and x.shape[0] >= PLAIN_LAYOUT_MIN_BATCH and x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_gemm(x):
             return im2col_conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride[0], 1)
+        if self.uses_plain_layout(x):
+            y = F.conv2d(x.contiguous(), self.weight.contiguous(), None, self.stride, self.padding)
+            return y.contiguous(memory_format=torch.channels_last)
         return super().forward(x)
