@@ -33,6 +33,8 @@ SUITE: dict[str, tuple[str, list[str], list[str], str]] = {
     "train_fp16": ("train.py", ["--epochs", "5", "--openic-args=--precision_dtype float16"],
                    ["--epochs", "1", "--configs", "resnet20", "--openic-args=--precision_dtype float16"],
                    "the same with precision_dtype=float16 (bf16 autocast on CPU)"),
+    "step": ("step.py", [], ["--configs", "resnet20", "--repeats", "1", "--seconds", "2"],
+             "training-step images/s, ResNet-18/20 at 28x28 and ResNet-50 at 224x224, fp32 and bf16, vs MXNet"),
     "serve": ("serve.py", ["--seconds", "4"], ["--seconds", "1", "--backends", "onnx"],
               "inference latency/throughput, torch and ONNX Runtime, vs MXNet's forward"),
     "mxnet_import": ("mxnet_import.py", [], [], "imported SageMaker/MXNet models vs MXNet's outputs"),

@@ -1,4 +1,4 @@
-"""MXNet 1.9.1's training step on synthetic data, for bench/peak.py — runs inside bench/.mxnet-venv only.
+"""MXNet 1.9.1's training step on synthetic data, for bench/peak.py and bench/step.py (bench/.mxnet-venv only).
 
 The network ``bench/mxnet_train.py`` trains (SageMaker's pre-activation ResNet), bound for training with
 ``mx.mod.Module``; one step is ``forward_backward`` + ``update`` (SGD, momentum 0.9, wd 1e-4) on a fixed random
@@ -55,7 +55,8 @@ def main() -> None:
         times.append(time.perf_counter() - tic)
     mean = sum(times) / len(times)
     print(json.dumps({"mxnet": mx.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                      "steps": len(times), "step_ms": mean * 1e3, "images_per_s": b / mean}), flush=True)
+                      "steps": len(times), "step_ms": mean * 1e3, "images_per_s": b / mean,
+                      "median_step_ms": sorted(times)[len(times) // 2] * 1e3}), flush=True)
 
 
 if __name__ == "__main__":

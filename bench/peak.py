@@ -1,15 +1,15 @@
 """The fp32 ceiling beside MXNet: how fast any fp32 ResNet-18 could run on this CPU, and how close MXNet already is.
 
 One run, the same threads for every part, one thing at a time:
-1. this CPU's fp32 (and bf16) matrix-multiply throughput through torch (large square GEMMs, the best of a few
-   sizes): the practical peak of the convolution kernels oneDNN runs;
+1. this CPU's fp32 (and bf16) practical peak through torch: the faster of large square GEMMs and large 3x3
+   convolutions (the best of a few sizes each; on an AVX-512 Xeon the convolutions were ~20 % faster);
 2. the FLOPs of the network per image (torch's ``FlopCounterMode``, a multiply-add counting 2): ResNet-18 with
    the 3x3 stem, forward at 3x32x32 (``bench/serve.py``'s model) and a training step at 3x28x28 (the workshop);
 3. MXNet 1.9.1's forward at batch 1 and 64 (``bench/mxnet_forward.py``) and its synthetic training step at batch
    128 (``bench/mxnet_step.py``), in ``bench/.mxnet-venv``; openic's eager fp32 forward and step beside them.
 
-Prints each as GFLOP/s and as a fraction of the fp32 GEMM peak, and the largest speedup over MXNet any fp32
-implementation could reach on this machine (GEMM peak / MXNet's GFLOP/s) beside the issues' targets. Run:
+Prints each as GFLOP/s and as a fraction of the fp32 peak, and the largest speedup over MXNet any fp32
+implementation could reach on this machine (peak / MXNet's GFLOP/s) beside the issues' targets. Run:
 ``.venv/bin/python bench/peak.py [--threads 2] [--seconds 5]``.
 """
 
@@ -51,6 +51,29 @@ def gemm_peak(dtype: str, seconds: float) -> float:
         best = max(best, 2 * n**3 * calls / (time.perf_counter() - start) / 1e9)
         if first > seconds / 4:
             break
+    return best
+
+
+def conv_peak(dtype: str, seconds: float) -> float:
+    """GFLOP/s of the fastest of a few large 3x3 convolutions (channels-last, batch 64): on some CPUs oneDNN's
+    convolution kernels beat torch's matrix multiply, and the ceiling must be the faster of the two."""
+    import torch
+
+    best = 0.0
+    for channels, side in ((128, 14), (256, 7), (256, 14)):
+        x = torch.randn(64, channels, side, side).to(getattr(torch, dtype))
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(channels, channels, 3, 3).to(x.dtype).contiguous(memory_format=torch.channels_last)
+        flops = 2 * 64 * side * side * channels * channels * 9
+        tic = time.perf_counter()
+        torch.nn.functional.conv2d(x, w, padding=1)
+        if time.perf_counter() - tic > seconds / 3:  # emulated bfloat16: one call is already too slow
+            break
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 6:
+            torch.nn.functional.conv2d(x, w, padding=1)
+            calls += 1
+        best = max(best, flops * calls / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -101,25 +124,11 @@ def openic_forward(batch: int, seconds: float) -> float:
 
 
 def openic_step(batch: int, seconds: float) -> float:
-    """Images/s of the eager fp32 SGD step (momentum 0.9, wd 1e-4) on a fixed random batch."""
-    import torch
+    """Images/s of the eager fp32 SGD step (momentum 0.9, wd 1e-4) on a fixed random batch (bench/step.py's)."""
+    from step import openic_steps
 
-    from openic.data.transforms import to_float_input
-    from openic.models import create_model
-
-    model = create_model(18, 10, (3, 28, 28)).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.randint(0, 256, (batch, 3, 28, 28), dtype=torch.uint8)
-    y = torch.randint(0, 10, (batch,))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(to_float_input(x)), y)
-        loss.backward()
-        opt.step()
-        loss.item()
-
-    return batch / timed(step, seconds)
+    times = openic_steps(18, (3, 28, 28), batch, bf16=False, seconds=seconds)
+    return batch * len(times) / sum(times)
 
 
 def mxnet(script: str, args: list[str], threads: int) -> list[dict]:
@@ -139,8 +148,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    peak = {d: gemm_peak(d, args.seconds) for d in ("float32", "bfloat16")}
-    print(f"GEMM peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
+    gemm = {d: gemm_peak(d, args.seconds) for d in ("float32", "bfloat16")}
+    conv = {d: conv_peak(d, args.seconds) for d in ("float32", "bfloat16")}
+    peak = {d: max(gemm[d], conv[d]) for d in gemm}
+    print(f"GEMM peak: float32 {gemm['float32']:.0f} GFLOP/s, bfloat16 {gemm['bfloat16']:.0f} GFLOP/s; 3x3 conv "
+          f"peak: float32 {conv['float32']:.0f}, bfloat16 {conv['bfloat16']:.0f}; the ceiling below is the higher")
     fwd, step = flops_per_image((3, 32, 32), False), flops_per_image((3, 28, 28), True)
     print(f"ResNet-18: forward 3x32x32 {fwd / 1e9:.3f} GFLOP/image, training step 3x28x28 {step / 1e9:.3f}")
     rows = {r["batch"]: r for r in mxnet("mxnet_forward.py", ["--batches", "1,64", "--seconds", str(args.seconds)],

@@ -4,7 +4,10 @@ Configurations (the issue's): the workshop's ResNet-18 at 3,28,28 (batch 128, lr
 both on the digits RecordIO (``shared/fixtures/rec`` or ``openic datasets digits``), augmentation ``crop``.
 For each, MXNet (``bench/mxnet_train.py`` in ``bench/.mxnet-venv``) and ``openic train`` run one after the other
 on this machine; the script prints per-epoch validation accuracy, training samples/s, time per epoch, total wall
-time, and the ratios. Run: ``.venv/bin/python bench/train.py [--epochs 5] [--configs workshop,resnet20]``.
+time, and the ratios. "Time to accuracy" is the summed epoch time until validation accuracy first reaches
+``--target-accuracy`` (0.95; validation runs once per epoch, so it is counted in whole epochs), and also until
+MXNet's best accuracy of the run. ``--repeats N`` runs every column N times, alternating, and reports medians.
+Run: ``.venv/bin/python bench/train.py [--epochs 5] [--configs workshop,resnet20] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,39 +154,67 @@ def run_openic(
     ], wall
 
 
-def report(name: str, runs: dict[str, tuple[list, float]]) -> None:
-    """One row per epoch, one column group per run; ratios are against the first run (MXNet)."""
+def report(name: str, runs: dict[str, list[tuple[list, float]]], target: float) -> None:
+    """One row per epoch (the first repeat), one column group per run; ratios are against the first run (MXNet);
+    the summary lines give medians over the repeats."""
     print(f"\n== {name} ==")
     labels = list(runs)
     print("epoch | " + " | ".join(f"{lab:>28}" for lab in labels))
     print("      | " + " | ".join(f"{'val acc':>8} {'img/s':>7} {'s/epoch':>7} {'x':>3}" for _ in labels)
           + "   (x = epoch-time speed-up vs the first column)")
-    ref_rows = runs[labels[0]][0]
+    ref_rows = runs[labels[0]][0][0]
     for i, ref in enumerate(ref_rows):
         cells = []
         for lab in labels:
-            row = runs[lab][0][i]
+            row = runs[lab][0][0][i]
             speed = ref["epoch_time"] / row["epoch_time"]
             cells.append(f"{row['validation_accuracy']:>8.4f} {row['samples_per_sec']:>7.1f} "
                          f"{row['epoch_time']:>7.2f} {speed:>3.2f}")
         print(f"{i:>5} | " + " | ".join(cells))
-    ref_best, ref_wall = max(r["validation_accuracy"] for r in ref_rows), runs[labels[0]][1]
+    ref_best = max(r["validation_accuracy"] for rows, _ in runs[labels[0]] for r in rows)
+    ref_to_target = _median([_time_to(rows, target) for rows, _ in runs[labels[0]]])
+    ref_to_best = _median([_time_to(rows, ref_best) for rows, _ in runs[labels[0]]])
+    ref_rate = _median([_steady_rate(rows) for rows, _ in runs[labels[0]]])
+    print(f"medians of {len(runs[labels[0]])} run(s) each; ratios are to {labels[0]}")
     for lab in labels:
-        rows, wall = runs[lab]
-        best = max(r["validation_accuracy"] for r in rows)
-        print(f"{lab:>28}: best val acc {best:.4f} (vs {labels[0]} {best - ref_best:+.4f}), final "
-              f"{rows[-1]['validation_accuracy']:.4f}, wall {wall:.1f} s (x{ref_wall / wall:.2f} speed-up), "
-              f"training time to {labels[0]}'s best accuracy: {_time_to(rows, ref_best)}")
+        reps = runs[lab]
+        best = _median([max(r["validation_accuracy"] for r in rows) for rows, _ in reps])
+        rate, wall = _median([_steady_rate(rows) for rows, _ in reps]), _median([w for _, w in reps])
+        to_target = _median([_time_to(rows, target) for rows, _ in reps])
+        to_best = _median([_time_to(rows, ref_best) for rows, _ in reps])
+        print(f"{lab:>28}: best val acc {best:.4f}, final {reps[0][0][-1]['validation_accuracy']:.4f}, "
+              f"{rate:.1f} img/s from epoch 1 (x{rate / ref_rate:.2f}), wall {wall:.1f} s; "
+              f"time to {target:.2f} accuracy {_fmt(to_target)} ({_ratio(to_target, ref_to_target)}), "
+              f"to {labels[0]}'s best {ref_best:.4f} {_fmt(to_best)} ({_ratio(to_best, ref_to_best)})")
 
 
-def _time_to(rows: list, accuracy: float) -> str:
-    """Summed epoch times until validation accuracy first reaches ``accuracy``."""
+def _time_to(rows: list, accuracy: float) -> float | None:
+    """Summed epoch times until validation accuracy first reaches ``accuracy`` (None: never)."""
     total = 0.0
     for row in rows:
         total += row["epoch_time"]
         if row["validation_accuracy"] >= accuracy:
-            return f"{total:.1f} s (epoch {row['epoch']})"
-    return "not reached"
+            return total
+    return None
+
+
+def _steady_rate(rows: list) -> float:
+    """Training images/s over the epochs after the first (the first pays for set-up), or the only epoch."""
+    later = rows[1:] or rows
+    return statistics.median(r["samples_per_sec"] for r in later)
+
+
+def _median(values: list) -> float | None:
+    """The median, or None when any run never got there (a run that misses the target must not be hidden)."""
+    return None if any(v is None for v in values) else statistics.median(values)
+
+
+def _fmt(seconds: float | None) -> str:
+    return "not reached" if seconds is None else f"{seconds:.1f} s"
+
+
+def _ratio(ours: float | None, ref: float | None) -> str:
+    return "n/a" if ours is None or ref is None else f"{ours / ref:.2f}x"
 
 
 def main() -> None:
@@ -196,6 +228,8 @@ def main() -> None:
     p.add_argument("--validation")
     p.add_argument("--openic-args", default="", help="extra flags for every openic run")
     p.add_argument("--no-float16", action="store_true", help="skip the extra openic run with precision_dtype=float16")
+    p.add_argument("--target-accuracy", type=float, default=0.95)
+    p.add_argument("--repeats", type=int, default=1, help="runs of every column, alternating; medians reported")
     args = p.parse_args()
     python = ensure_mxnet_venv()
     train, val, n = _data(args)
@@ -203,15 +237,20 @@ def main() -> None:
         f"data: {train} ({n} images), {val}; epochs {args.epochs}, batch {args.batch_size}, "
         f"image_shape {args.image_shape}, threads {args.threads}"
     )
+    if not 1 <= args.repeats <= 20:
+        p.error(f"--repeats {args.repeats}: give 1 to 20")
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
-        runs = {"MXNet 1.9.1 float32": run_mxnet(python, cfg, args, train, val, n),
-                "openic float32": run_openic(cfg, args, train, val, n, args.openic_args.split())}
+        columns = {"MXNet 1.9.1 float32": lambda cfg=cfg: run_mxnet(python, cfg, args, train, val, n),
+                   "openic float32": lambda cfg=cfg: run_openic(cfg, args, train, val, n, args.openic_args.split())}
         if not args.no_float16:
-            runs["openic float16 (bf16 on CPU)"] = run_openic(
+            columns["openic float16 (bf16 on CPU)"] = lambda cfg=cfg: run_openic(
                 cfg, args, train, val, n, [*args.openic_args.split(), "--precision_dtype", "float16"])
-        report(f"{name}: ResNet-{cfg['num_layers']}, lr {cfg['lr']}", runs)
-
+        runs: dict[str, list[tuple[list, float]]] = {label: [] for label in columns}
+        for _ in range(args.repeats):
+            for label, run in columns.items():
+                runs[label].append(run())
+        report(f"{name}: ResNet-{cfg['num_layers']}, lr {cfg['lr']}", runs, args.target_accuracy)
 
 if __name__ == "__main__":
     main()

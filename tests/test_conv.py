@@ -101,3 +101,23 @@ def test_float32_small_maps_run_in_the_plain_layout_on_avx512_and_match(monkeypa
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)  # another kernel sums in another order
     monkeypatch.setattr(conv_module, "_AVX512", False)
     assert not conv.uses_plain_layout(x)
+
+
+def test_bn_data_on_channels_last_input_matches_and_keeps_the_layout():
+    from openic.models.resnet import FixedGammaBatchNorm2d
+
+    torch.manual_seed(5)
+    plain_bn, cl_bn = FixedGammaBatchNorm2d(3), FixedGammaBatchNorm2d(3)
+    with torch.no_grad():
+        plain_bn.bias.normal_()
+        cl_bn.bias.copy_(plain_bn.bias)
+    x = torch.rand(8, 3, 6, 6) * 255
+    y_plain = plain_bn(x)
+    y_cl = cl_bn(x.contiguous(memory_format=torch.channels_last))
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y_plain)
+    torch.testing.assert_close(cl_bn.running_mean, plain_bn.running_mean)
+    torch.testing.assert_close(cl_bn.running_var, plain_bn.running_var)
+    (y_plain * y_plain).sum().backward()
+    (y_cl * y_cl).sum().backward()
+    torch.testing.assert_close(cl_bn.bias.grad, plain_bn.bias.grad)
