@@ -121,3 +121,11 @@ def test_bn_data_on_channels_last_input_matches_and_keeps_the_layout():
     (y_plain * y_plain).sum().backward()
     (y_cl * y_cl).sum().backward()
     torch.testing.assert_close(cl_bn.bias.grad, plain_bn.bias.grad)
+
+
+def test_7x7_maps_take_the_gemm_path_only_from_512_input_channels():
+    x7 = torch.randn(2, 512, 7, 7).bfloat16()
+    assert Conv2d(512, 16, 3, padding=1, bias=False).uses_gemm(x7)
+    assert Conv2d(512, 16, 3, stride=2, padding=1, bias=False).uses_gemm(torch.randn(2, 512, 14, 14).bfloat16())
+    assert not Conv2d(256, 16, 3, padding=1, bias=False).uses_gemm(x7[:, :256])
+    assert not Conv2d(512, 16, 3, padding=1, bias=False).uses_gemm(torch.randn(2, 512, 8, 8).bfloat16())

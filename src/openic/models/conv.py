@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input
+# and 7x7 maps with 512 input channels or more (stage 4 of a bottleneck ResNet at 224x224): the GEMM took 17.6
+# instead of 32.5 ms at batch 16, 65 instead of 109 ms at batch 64; with 256 channels oneDNN stays faster
+GEMM_WIDE_MAX_OUTPUT_PIXELS, GEMM_WIDE_MIN_CHANNELS = 49, 512
 PLAIN_LAYOUT_MIN_BATCH = 32  # at batch 1 the plain layout was slower (torch runs its own small-input kernel)
 _AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
@@ -42,24 +45,35 @@ def im2col_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` with two paths for a CPU 3x3 convolution (stride 1 or 2, padding 1, no bias) whose output has
-    at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels: :func:`im2col_conv2d` in bfloat16, and in float32 on an
-    AVX-512 CPU oneDNN's plain-layout (NCHW) kernel, which ran a 512-channel 4x4 map's forward and backward 1.5x
-    faster than its channels-last one (the ResNet-18 fp32 step gained 4-7 %; AVX2 CPUs were not measured, so
-    they keep the default)."""
+    """``nn.Conv2d`` with two paths for a CPU 3x3 convolution (stride 1 or 2, padding 1, no bias) on a small map:
+    :func:`im2col_conv2d` in bfloat16 (output of at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels, or 7x7 from 512
+    input channels up), and in float32 (at most :data:`GEMM_MAX_OUTPUT_PIXELS`) on an AVX-512 CPU oneDNN's
+    plain-layout (NCHW) kernel, which ran a 512-channel 4x4 map's forward and backward 1.5x faster than its
+    channels-last one (the ResNet-18 fp32 step gained 4-7 %; AVX2 CPUs were not measured, so they keep the
+    default)."""
+
+    def _out_pixels(self, x: torch.Tensor) -> int | None:
+        """Output pixels per image of a CPU 3x3 convolution the fast paths can take, else None."""
+        if x.device.type != "cpu" or x.dim() != 4 or self.kernel_size != (3, 3) or self.padding != (1, 1):
+            return None
+        if self.stride not in ((1, 1), (2, 2)) or self.groups != 1 or self.dilation != (1, 1) or self.bias is not None:
+            return None
+        if self.padding_mode != "zeros":
+            return None
+        s = self.stride[0]
+        return ((x.shape[2] - 1) // s + 1) * ((x.shape[3] - 1) // s + 1)
 
     def _small_map(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or x.dim() != 4 or self.kernel_size != (3, 3) or self.padding != (1, 1):
-            return False
-        if self.stride not in ((1, 1), (2, 2)) or self.groups != 1 or self.dilation != (1, 1) or self.bias is not None:
-            return False
-        s = self.stride[0]
-        out_pixels = ((x.shape[2] - 1) // s + 1) * ((x.shape[3] - 1) // s + 1)
-        return self.padding_mode == "zeros" and out_pixels <= GEMM_MAX_OUTPUT_PIXELS
+        pixels = self._out_pixels(x)
+        return pixels is not None and pixels <= GEMM_MAX_OUTPUT_PIXELS
 
     def uses_gemm(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` takes the matrix-multiply path (checked per call: shapes and dtype vary)."""
-        return self._small_map(x) and _computes_in_bf16(x)
+        pixels = self._out_pixels(x)
+        if pixels is None or not _computes_in_bf16(x):
+            return False
+        wide = self.in_channels >= GEMM_WIDE_MIN_CHANNELS
+        return pixels <= (GEMM_WIDE_MAX_OUTPUT_PIXELS if wide else GEMM_MAX_OUTPUT_PIXELS)
 
     def uses_plain_layout(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` runs the float32 convolution on NCHW copies of a channels-last input."""
