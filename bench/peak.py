@@ -96,13 +96,9 @@ def flops_per_image(shape: tuple[int, int, int], train: bool) -> float:
 
 def timed(fn, seconds: float, min_calls: int = 5) -> float:
     """Mean seconds per call after two warm-up calls."""
-    fn()
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < seconds:
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
+    from step import call_times
+
+    times = call_times(fn, seconds, min_calls)
     return sum(times) / len(times)
 
 

@@ -54,12 +54,17 @@ def openic_steps(depth: int, shape: tuple[int, int, int], batch: int, bf16: bool
         opt.step()
         loss.item()
 
-    step()
-    step()
+    return call_times(step, seconds, min_steps)
+
+
+def call_times(fn, seconds: float, min_calls: int = 5) -> list[float]:
+    """Seconds of each call of ``fn`` for about ``seconds`` (at least ``min_calls``), after two warm-up calls."""
+    fn()
+    fn()
     times, start = [], time.perf_counter()
-    while len(times) < min_steps or time.perf_counter() - start < seconds:
+    while len(times) < min_calls or time.perf_counter() - start < seconds:
         tic = time.perf_counter()
-        step()
+        fn()
         times.append(time.perf_counter() - tic)
     return times
 
