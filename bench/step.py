@@ -80,8 +80,10 @@ def _measure(column: str, cfg: tuple[int, str, int], args: argparse.Namespace) -
     else:
         cmd = [sys.executable, __file__, "--worker", "--threads", str(args.threads), *common,
                *(["--bf16"] if "bfloat16" in column else [])]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    row = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{column} step failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    row = json.loads([line for line in res.stdout.splitlines() if line.startswith("{")][-1])
     return batch / (row["median_step_ms"] / 1e3)
 
 

@@ -6,8 +6,8 @@ For each, MXNet (``bench/mxnet_train.py`` in ``bench/.mxnet-venv``) and ``openic
 on this machine; the script prints per-epoch validation accuracy, training samples/s, time per epoch, total wall
 time, and the ratios. "Time to accuracy" is the summed epoch time until validation accuracy first reaches
 ``--target-accuracy`` (0.95; validation runs once per epoch, so it is counted in whole epochs), and also until
-MXNet's best accuracy of the run. ``--repeats N`` runs every column N times, alternating, and reports medians.
-Run: ``.venv/bin/python bench/train.py [--epochs 5] [--configs workshop,resnet20] [--repeats 3]``.
+MXNet's best accuracy (the lowest of its runs' bests). ``--repeats N`` runs every column N times, alternating,
+and reports medians. Run: ``.venv/bin/python bench/train.py [--epochs 5] [--configs workshop,resnet20] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def report(name: str, runs: dict[str, list[tuple[list, float]]], target: float) 
             cells.append(f"{row['validation_accuracy']:>8.4f} {row['samples_per_sec']:>7.1f} "
                          f"{row['epoch_time']:>7.2f} {speed:>3.2f}")
         print(f"{i:>5} | " + " | ".join(cells))
-    ref_best = max(r["validation_accuracy"] for rows, _ in runs[labels[0]] for r in rows)
+    # the lowest of MXNet's per-run bests, so that every MXNet run reaches it and no median hides a miss
+    ref_best = min(max(r["validation_accuracy"] for r in rows) for rows, _ in runs[labels[0]])
     ref_to_target = _median([_time_to(rows, target) for rows, _ in runs[labels[0]]])
     ref_to_best = _median([_time_to(rows, ref_best) for rows, _ in runs[labels[0]]])
     ref_rate = _median([_steady_rate(rows) for rows, _ in runs[labels[0]]])
@@ -182,7 +183,7 @@ def report(name: str, runs: dict[str, list[tuple[list, float]]], target: float) 
         rate, wall = _median([_steady_rate(rows) for rows, _ in reps]), _median([w for _, w in reps])
         to_target = _median([_time_to(rows, target) for rows, _ in reps])
         to_best = _median([_time_to(rows, ref_best) for rows, _ in reps])
-        print(f"{lab:>28}: best val acc {best:.4f}, final {reps[0][0][-1]['validation_accuracy']:.4f}, "
+        print(f"{lab:>28}: best val acc {best:.4f}, final (run 1) {reps[0][0][-1]['validation_accuracy']:.4f}, "
               f"{rate:.1f} img/s from epoch 1 (x{rate / ref_rate:.2f}), wall {wall:.1f} s; "
               f"time to {target:.2f} accuracy {_fmt(to_target)} ({_ratio(to_target, ref_to_target)}), "
               f"to {labels[0]}'s best {ref_best:.4f} {_fmt(to_best)} ({_ratio(to_best, ref_to_best)})")

@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import openic.models.conv as conv_module
 from openic.models import create_model
 from openic.models.conv import Conv2d, im2col_conv2d
+
+
+@pytest.fixture(autouse=True)
+def native_bf16(monkeypatch):
+    """The GEMM path is taken only where bfloat16 is native; the tests check its choices on any CPU."""
+    monkeypatch.setattr(conv_module, "_NATIVE_BF16", True)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -35,8 +42,9 @@ def test_the_gemm_path_is_taken_only_for_bf16_3x3_on_small_maps():
     conv = _conv()
     small, large = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 5, 5)
     assert not conv.uses_gemm(small)  # float32
-    assert conv.uses_gemm(small.bfloat16())
-    assert not conv.uses_gemm(large.bfloat16())  # 25 output pixels
+    bf16_conv = _conv().to(torch.bfloat16)
+    assert bf16_conv.uses_gemm(small.bfloat16())
+    assert not bf16_conv.uses_gemm(large.bfloat16())  # 25 output pixels
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv.uses_gemm(small)
         assert not conv.uses_gemm(large)
@@ -45,6 +53,18 @@ def test_the_gemm_path_is_taken_only_for_bf16_3x3_on_small_maps():
         assert not Conv2d(8, 16, 3, padding=1, bias=True).uses_gemm(small)
     with torch.autocast("cpu", dtype=torch.float16):
         assert not conv.uses_gemm(small)
+
+
+def test_the_gemm_path_keeps_conv2d_s_dtype_rules(monkeypatch):
+    conv, small = _conv(), torch.randn(2, 8, 4, 4)
+    assert not conv.uses_gemm(small.bfloat16())  # bf16 input, float32 weights: F.conv2d's error, not ours to hide
+    with pytest.raises(RuntimeError):
+        conv(small.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv.uses_gemm(small.double())  # autocast leaves float64 alone
+    assert conv.to(torch.bfloat16).uses_gemm(small.bfloat16())
+    monkeypatch.setattr(conv_module, "_NATIVE_BF16", False)
+    assert not conv.uses_gemm(small.bfloat16())  # emulated bfloat16: not measured, the default kernel
 
 
 @pytest.mark.parametrize("stride,side", [(1, 4), (2, 7), (2, 8)])
@@ -63,7 +83,8 @@ def test_bf16_forward_and_gradients_match_the_convolution(stride, side):
         outs.append(y.float())
         grads.append(module.weight.grad.clone())
         module.weight.grad = None
-    assert conv.uses_gemm(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv.uses_gemm(x)
     torch.testing.assert_close(outs[0], outs[1], atol=0.05, rtol=0.02)  # both round the product to bfloat16
     torch.testing.assert_close(grads[0], grads[1], atol=0.05, rtol=0.02)
     assert grads[0].dtype == torch.float32  # the float32 master weight gets a float32 gradient
@@ -82,8 +103,6 @@ def test_resnet_stage4_at_28px_takes_the_gemm_path_and_keeps_its_state_dict():
 
 
 def test_float32_small_maps_run_in_the_plain_layout_on_avx512_and_match(monkeypatch):
-    import openic.models.conv as conv_module
-
     monkeypatch.setattr(conv_module, "_AVX512", True)
     torch.manual_seed(3)
     conv = _conv()
@@ -124,8 +143,11 @@ def test_bn_data_on_channels_last_input_matches_and_keeps_the_layout():
 
 
 def test_7x7_maps_take_the_gemm_path_only_from_512_input_channels():
+    def conv(c_in: int, stride: int = 1) -> Conv2d:
+        return Conv2d(c_in, 16, 3, stride=stride, padding=1, bias=False).to(torch.bfloat16)
+
     x7 = torch.randn(2, 512, 7, 7).bfloat16()
-    assert Conv2d(512, 16, 3, padding=1, bias=False).uses_gemm(x7)
-    assert Conv2d(512, 16, 3, stride=2, padding=1, bias=False).uses_gemm(torch.randn(2, 512, 14, 14).bfloat16())
-    assert not Conv2d(256, 16, 3, padding=1, bias=False).uses_gemm(x7[:, :256])
-    assert not Conv2d(512, 16, 3, padding=1, bias=False).uses_gemm(torch.randn(2, 512, 8, 8).bfloat16())
+    assert conv(512).uses_gemm(x7)
+    assert conv(512, stride=2).uses_gemm(torch.randn(2, 512, 14, 14).bfloat16())
+    assert not conv(256).uses_gemm(x7[:, :256])
+    assert not conv(512).uses_gemm(torch.randn(2, 512, 8, 8).bfloat16())

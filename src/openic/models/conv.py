@@ -1,12 +1,15 @@
-"""The network's convolution: ``nn.Conv2d``, with faster paths for 3x3 convolutions on tiny CPU feature maps.
+"""The network's convolution: ``nn.Conv2d``, with faster paths for 3x3 convolutions on small CPU feature maps.
 
 Why: on a 2-core Xeon with AMX, oneDNN's bfloat16 kernels run the 3x3 convolutions of a ResNet's last stage at
 28–32 px input (512 channels on a 4x4 map) at a third of the rate of the same FLOPs on larger maps; their
 backward pass alone was 30 % of a ResNet-18 training step. The same product written as one matrix multiply over
 the gathered 3x3 patches (im2col) runs on oneDNN's AMX GEMM instead: the step went from ~285 to ~360 images/s
-(bench/RESULTS.md, 2026-12-07). In float32 the GEMM is no faster, but the plain NCHW layout is (see
-:class:`Conv2d`). On maps of 7x7 and more the convolution kernels win, so they keep ``F.conv2d`` as it is. The
-parameters are ``nn.Conv2d``'s, so state dicts, the MXNet mapping and ONNX export (float32) are unchanged.
+(bench/RESULTS.md, 2026-12-07). The same held for 7x7 maps from 512 input channels, and not for 7x7 maps of 256
+channels or any larger map, which keep ``F.conv2d``. In float32 the GEMM is no faster, but the plain NCHW layout
+is (see :class:`Conv2d`). The parameters are ``nn.Conv2d``'s, so state dicts, the MXNet mapping and ONNX export
+(float32) are unchanged. Results are the convolution's up to bfloat16 rounding: the forward pass and the weight
+gradient round as oneDNN's do, the input gradient sums its nine patch gradients in bfloat16 (relative error
+4.4e-3 against float64 at 512 channels on 4x4, oneDNN's 2.8e-3).
 """
 
 from __future__ import annotations
@@ -15,23 +18,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openic.models.precision import cpu_native_bf16
+
 GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input
 # and 7x7 maps with 512 input channels or more (stage 4 of a bottleneck ResNet at 224x224): the GEMM took 17.6
 # instead of 32.5 ms at batch 16, 65 instead of 109 ms at batch 64; with 256 channels oneDNN stays faster
 GEMM_WIDE_MAX_OUTPUT_PIXELS, GEMM_WIDE_MIN_CHANNELS = 49, 512
 PLAIN_LAYOUT_MIN_BATCH = 32  # at batch 1 the plain layout was slower (torch runs its own small-input kernel)
 _AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+_NATIVE_BF16 = cpu_native_bf16()  # read once: the check is not traceable by torch.compile
 
 
-def _computes_in_bf16(x: torch.Tensor) -> bool:
-    if x.dtype == torch.bfloat16:
-        return True
+def _bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _computes_in_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``F.conv2d(x, weight)`` would compute in bfloat16 here: under bf16 autocast (which casts float32,
+    not float64), or with both in bfloat16 (a mix is an error F.conv2d must raise, not one to paper over)."""
+    if _bf16_autocast():
+        return x.dtype in (torch.float32, torch.bfloat16)
+    return x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
 
 
 def im2col_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=stride, padding=padding)`` (square kernel, no bias, groups 1) as one matrix
-    multiply; the result is NCHW-shaped in channels-last memory, as oneDNN's convolution returns it."""
+    multiply; the result is NCHW-shaped in channels-last memory (what oneDNN returns for channels-last input)."""
     n, c, h, w = x.shape
     k = weight.shape[2]
     ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
@@ -46,11 +58,16 @@ def im2col_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: i
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with two paths for a CPU 3x3 convolution (stride 1 or 2, padding 1, no bias) on a small map:
-    :func:`im2col_conv2d` in bfloat16 (output of at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels, or 7x7 from 512
-    input channels up), and in float32 (at most :data:`GEMM_MAX_OUTPUT_PIXELS`) on an AVX-512 CPU oneDNN's
-    plain-layout (NCHW) kernel, which ran a 512-channel 4x4 map's forward and backward 1.5x faster than its
-    channels-last one (the ResNet-18 fp32 step gained 4-7 %; AVX2 CPUs were not measured, so they keep the
-    default)."""
+
+    * bfloat16 (bf16 autocast, or bf16 input and weights) on a CPU with native bfloat16:
+      :func:`im2col_conv2d` when the output has at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels, or is 7x7 or
+      smaller from 512 input channels up;
+    * float32, channels-last input, batch of at least :data:`PLAIN_LAYOUT_MIN_BATCH`, output of at most
+      :data:`GEMM_MAX_OUTPUT_PIXELS` pixels, on an AVX-512 CPU: oneDNN's plain-layout (NCHW) kernel on copies,
+      which ran a 512-channel 4x4 map's forward and backward 1.5x faster than its channels-last one (the
+      ResNet-18 fp32 step gained 4-7 %); the result is handed back channels-last. AVX2 CPUs were not measured,
+      so they keep the default.
+    """
 
     def _out_pixels(self, x: torch.Tensor) -> int | None:
         """Output pixels per image of a CPU 3x3 convolution the fast paths can take, else None."""
@@ -70,14 +87,14 @@ class Conv2d(nn.Conv2d):
     def uses_gemm(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` takes the matrix-multiply path (checked per call: shapes and dtype vary)."""
         pixels = self._out_pixels(x)
-        if pixels is None or not _computes_in_bf16(x):
+        if pixels is None or not _computes_in_bf16(x, self.weight) or not _NATIVE_BF16:
             return False
         wide = self.in_channels >= GEMM_WIDE_MIN_CHANNELS
         return pixels <= (GEMM_WIDE_MAX_OUTPUT_PIXELS if wide else GEMM_MAX_OUTPUT_PIXELS)
 
     def uses_plain_layout(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` runs the float32 convolution on NCHW copies of a channels-last input."""
-        return (self._small_map(x) and x.dtype == torch.float32 and not _computes_in_bf16(x) and _AVX512
+        return (self._small_map(x) and x.dtype == torch.float32 and not _bf16_autocast() and _AVX512
                 and x.shape[0] >= PLAIN_LAYOUT_MIN_BATCH and x.is_contiguous(memory_format=torch.channels_last)
                 and not x.is_contiguous())
 
