@@ -15,6 +15,15 @@ from openic.models.conv import Conv2d, im2col_conv2d
 def native_bf16(monkeypatch):
     """The GEMM path is taken only where bfloat16 is native; the tests check its choices on any CPU."""
     monkeypatch.setattr(conv_module, "_NATIVE_BF16", True)
+    monkeypatch.setattr(conv_module, "GEMM_MIN_CHANNELS", 8)  # small layers keep the tests fast
+
+
+def test_narrow_layers_on_small_maps_keep_the_convolution(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setattr(conv_module, "_NATIVE_BF16", True)
+    x = torch.randn(2, 128, 4, 4).bfloat16()
+    assert not Conv2d(128, 128, 3, padding=1, bias=False).bfloat16().uses_gemm(x)
+    assert Conv2d(256, 128, 3, padding=1, bias=False).bfloat16().uses_gemm(torch.randn(2, 256, 4, 4).bfloat16())
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -1,14 +1,14 @@
 """The network's convolution: ``nn.Conv2d``, with faster paths for 3x3 convolutions on small CPU feature maps.
 
 Why: on a 2-core Xeon with AMX, oneDNN's bfloat16 kernels run the 3x3 convolutions of a ResNet's last stage at
-28–32 px input (512 channels on a 4x4 map) at a third of the rate of the same FLOPs on larger maps; their
-backward pass alone was 30 % of a ResNet-18 training step. The same product written as one matrix multiply over
-the gathered 3x3 patches (im2col) runs on oneDNN's AMX GEMM instead: the step went from ~285 to ~360 images/s
-(bench/RESULTS.md, 2026-12-07). The same held for 7x7 maps from 512 input channels, and not for 7x7 maps of 256
-channels or any larger map, which keep ``F.conv2d``. In float32 the GEMM is no faster, but the plain NCHW layout
-is (see :class:`Conv2d`). The parameters are ``nn.Conv2d``'s, so state dicts, the MXNet mapping and ONNX export
-(float32) are unchanged. Results are the convolution's up to bfloat16 rounding: the forward pass and the weight
-gradient round as oneDNN's do, the input gradient sums its nine patch gradients in bfloat16 (relative error
+28–32 px input (512 channels on a 4x4 map) at a third of the rate of the same FLOPs on larger maps; their backward
+pass alone was 30 % of a ResNet-18 training step. The same product written as one matrix multiply over the gathered
+3x3 patches (im2col) runs on oneDNN's AMX GEMM instead: the step went from ~285 to ~360 images/s (bench/RESULTS.md,
+2026-12-07). The same held for 7x7 maps from 512 input channels, and not for 7x7 maps of 256 channels, 4x4 maps
+under 256 channels or any larger map, which keep ``F.conv2d``. In float32 the GEMM is no faster, but the plain NCHW
+layout is (see :class:`Conv2d`). The parameters are ``nn.Conv2d``'s, so state dicts, the MXNet mapping and ONNX
+export (float32) are unchanged. Results are the convolution's up to bfloat16 rounding: the forward pass and the
+weight gradient round as oneDNN's do, the input gradient sums its nine patch gradients in bfloat16 (relative error
 4.4e-3 against float64 at 512 channels on 4x4, oneDNN's 2.8e-3).
 """
 
@@ -21,6 +21,7 @@ from torch import nn
 from openic.models.precision import cpu_native_bf16
 
 GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input
+GEMM_MIN_CHANNELS = 256  # input channels; at 4x4, batch 128: 256 → 6.5 vs 9.0 ms, 128 → a tie, narrower maps lose
 # and 7x7 maps with 512 input channels or more (stage 4 of a bottleneck ResNet at 224x224): the GEMM took 17.6
 # instead of 32.5 ms at batch 16, 65 instead of 109 ms at batch 64; with 256 channels oneDNN stays faster
 GEMM_WIDE_MAX_OUTPUT_PIXELS, GEMM_WIDE_MIN_CHANNELS = 49, 512
@@ -60,8 +61,8 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with two paths for a CPU 3x3 convolution (stride 1 or 2, padding 1, no bias) on a small map:
 
     * bfloat16 (bf16 autocast, or bf16 input and weights) on a CPU with native bfloat16:
-      :func:`im2col_conv2d` when the output has at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels, or is 7x7 or
-      smaller from 512 input channels up;
+      :func:`im2col_conv2d` when the output has at most :data:`GEMM_MAX_OUTPUT_PIXELS` pixels from
+      :data:`GEMM_MIN_CHANNELS` input channels up, or is 7x7 or smaller from 512 input channels up;
     * float32, channels-last input, batch of at least :data:`PLAIN_LAYOUT_MIN_BATCH`, output of at most
       :data:`GEMM_MAX_OUTPUT_PIXELS` pixels, on an AVX-512 CPU: oneDNN's plain-layout (NCHW) kernel on copies,
       which ran a 512-channel 4x4 map's forward and backward 1.5x faster than its channels-last one (the
@@ -89,8 +90,9 @@ class Conv2d(nn.Conv2d):
         pixels = self._out_pixels(x)
         if pixels is None or not _computes_in_bf16(x, self.weight) or not _NATIVE_BF16:
             return False
-        wide = self.in_channels >= GEMM_WIDE_MIN_CHANNELS
-        return pixels <= (GEMM_WIDE_MAX_OUTPUT_PIXELS if wide else GEMM_MAX_OUTPUT_PIXELS)
+        if self.in_channels >= GEMM_WIDE_MIN_CHANNELS:
+            return pixels <= GEMM_WIDE_MAX_OUTPUT_PIXELS
+        return self.in_channels >= GEMM_MIN_CHANNELS and pixels <= GEMM_MAX_OUTPUT_PIXELS
 
     def uses_plain_layout(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` runs the float32 convolution on NCHW copies of a channels-last input."""
