@@ -2,7 +2,7 @@
 
 One run, the same threads for every part, one thing at a time:
 1. this CPU's fp32 (and bf16) practical peak through torch: the faster of large square GEMMs and large 3x3
-   convolutions (the best of a few sizes each; on an AVX-512 Xeon the convolutions were ~20 % faster);
+   convolutions (the best of a few sizes each; on an AVX-512 Xeon the convolutions were ~15 % faster);
 2. the FLOPs of the network per image (torch's ``FlopCounterMode``, a multiply-add counting 2): ResNet-18 with
    the 3x3 stem, forward at 3x32x32 (``bench/serve.py``'s model) and a training step at 3x28x28 (the workshop);
 3. MXNet 1.9.1's forward at batch 1 and 64 (``bench/mxnet_forward.py``) and its synthetic training step at batch
@@ -32,6 +32,18 @@ from mxnet_env import ensure_mxnet_venv  # noqa: E402
 TARGETS = {"forward batch 1": 1 / 0.6, "forward batch 64": 1.5, "training step": 1.5}  # speedup over MXNet
 
 
+def _gflops(fn, flops: float, budget: float) -> tuple[float, float]:
+    """(GFLOP/s of ``fn`` called for about ``budget`` seconds, seconds of its first call)."""
+    tic = time.perf_counter()
+    fn()
+    first = time.perf_counter() - tic
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < budget:
+        fn()
+        calls += 1
+    return flops * calls / (time.perf_counter() - start) / 1e9, first
+
+
 def gemm_peak(dtype: str, seconds: float) -> float:
     """GFLOP/s of the fastest of a few large square matrix multiplies (larger sizes are skipped once one call
     takes longer than the time given to a size: bfloat16 without hardware support runs at ~1 GFLOP/s)."""
@@ -41,14 +53,8 @@ def gemm_peak(dtype: str, seconds: float) -> float:
     for n in (512, 1024, 2048, 3072):
         a = torch.randn(n, n).to(getattr(torch, dtype))
         b = torch.randn(n, n).to(getattr(torch, dtype))
-        tic = time.perf_counter()
-        a @ b
-        first = time.perf_counter() - tic
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 4:
-            a @ b
-            calls += 1
-        best = max(best, 2 * n**3 * calls / (time.perf_counter() - start) / 1e9)
+        rate, first = _gflops(lambda a=a, b=b: a @ b, 2 * n**3, seconds / 4)
+        best = max(best, rate)
         if first > seconds / 4:
             break
     return best
@@ -64,16 +70,11 @@ def conv_peak(dtype: str, seconds: float) -> float:
         x = torch.randn(64, channels, side, side).to(getattr(torch, dtype))
         x = x.contiguous(memory_format=torch.channels_last)
         w = torch.randn(channels, channels, 3, 3).to(x.dtype).contiguous(memory_format=torch.channels_last)
-        flops = 2 * 64 * side * side * channels * channels * 9
-        tic = time.perf_counter()
-        torch.nn.functional.conv2d(x, w, padding=1)
-        if time.perf_counter() - tic > seconds / 3:  # emulated bfloat16: one call is already too slow
+        rate, first = _gflops(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1),
+                              2 * 64 * side * side * channels * channels * 9, seconds / 6)
+        best = max(best, rate)
+        if first > seconds / 3:  # emulated bfloat16: the larger sizes would take too long
             break
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 6:
-            torch.nn.functional.conv2d(x, w, padding=1)
-            calls += 1
-        best = max(best, flops * calls / (time.perf_counter() - start) / 1e9)
     return best
 
 

@@ -173,20 +173,25 @@ def report(name: str, runs: dict[str, list[tuple[list, float]]], target: float) 
         print(f"{i:>5} | " + " | ".join(cells))
     # the lowest of MXNet's per-run bests, so that every MXNet run reaches it and no median hides a miss
     ref_best = min(max(r["validation_accuracy"] for r in rows) for rows, _ in runs[labels[0]])
-    ref_to_target = _median([_time_to(rows, target) for rows, _ in runs[labels[0]]])
-    ref_to_best = _median([_time_to(rows, ref_best) for rows, _ in runs[labels[0]]])
-    ref_rate = _median([_steady_rate(rows) for rows, _ in runs[labels[0]]])
+    summary = {lab: _summary(reps, target, ref_best) for lab, reps in runs.items()}
+    ref = summary[labels[0]]
     print(f"medians of {len(runs[labels[0]])} run(s) each; ratios are to {labels[0]}")
     for lab in labels:
-        reps = runs[lab]
-        best = _median([max(r["validation_accuracy"] for r in rows) for rows, _ in reps])
-        rate, wall = _median([_steady_rate(rows) for rows, _ in reps]), _median([w for _, w in reps])
-        to_target = _median([_time_to(rows, target) for rows, _ in reps])
-        to_best = _median([_time_to(rows, ref_best) for rows, _ in reps])
-        print(f"{lab:>28}: best val acc {best:.4f}, final (run 1) {reps[0][0][-1]['validation_accuracy']:.4f}, "
-              f"{rate:.1f} img/s from epoch 1 (x{rate / ref_rate:.2f}), wall {wall:.1f} s; "
-              f"time to {target:.2f} accuracy {_fmt(to_target)} ({_ratio(to_target, ref_to_target)}), "
-              f"to {labels[0]}'s best {ref_best:.4f} {_fmt(to_best)} ({_ratio(to_best, ref_to_best)})")
+        row = summary[lab]
+        print(f"{lab:>28}: best val acc {row['best']:.4f}, final (run 1) "
+              f"{runs[lab][0][0][-1]['validation_accuracy']:.4f}, {row['rate']:.1f} img/s from epoch 1 "
+              f"(x{row['rate'] / ref['rate']:.2f}), wall {row['wall']:.1f} s; time to {target:.2f} accuracy "
+              f"{_fmt(row['to_target'])} ({_ratio(row['to_target'], ref['to_target'])}), to {labels[0]}'s best "
+              f"{ref_best:.4f} {_fmt(row['to_best'])} ({_ratio(row['to_best'], ref['to_best'])})")
+
+
+def _summary(reps: list[tuple[list, float]], target: float, ref_best: float) -> dict[str, float | None]:
+    """Medians over one column's runs: best accuracy, steady img/s, wall time, times to the two accuracies."""
+    return {"best": _median([max(r["validation_accuracy"] for r in rows) for rows, _ in reps]),
+            "rate": _median([_steady_rate(rows) for rows, _ in reps]),
+            "wall": _median([wall for _, wall in reps]),
+            "to_target": _median([_time_to(rows, target) for rows, _ in reps]),
+            "to_best": _median([_time_to(rows, ref_best) for rows, _ in reps])}
 
 
 def _time_to(rows: list, accuracy: float) -> float | None:
@@ -232,14 +237,14 @@ def main() -> None:
     p.add_argument("--target-accuracy", type=float, default=0.95)
     p.add_argument("--repeats", type=int, default=1, help="runs of every column, alternating; medians reported")
     args = p.parse_args()
+    if not 1 <= args.repeats <= 20:
+        p.error(f"--repeats {args.repeats}: give 1 to 20")
     python = ensure_mxnet_venv()
     train, val, n = _data(args)
     print(
         f"data: {train} ({n} images), {val}; epochs {args.epochs}, batch {args.batch_size}, "
         f"image_shape {args.image_shape}, threads {args.threads}"
     )
-    if not 1 <= args.repeats <= 20:
-        p.error(f"--repeats {args.repeats}: give 1 to 20")
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
         columns = {"MXNet 1.9.1 float32": lambda cfg=cfg: run_mxnet(python, cfg, args, train, val, n),
@@ -252,6 +257,7 @@ def main() -> None:
             for label, run in columns.items():
                 runs[label].append(run())
         report(f"{name}: ResNet-{cfg['num_layers']}, lr {cfg['lr']}", runs, args.target_accuracy)
+
 
 if __name__ == "__main__":
     main()

@@ -20,10 +20,11 @@ from torch import nn
 
 from openic.models.precision import cpu_native_bf16
 
-GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input
-GEMM_MIN_CHANNELS = 256  # input channels; at 4x4, batch 128: 256 → 6.5 vs 9.0 ms, 128 → a tie, narrower maps lose
-# and 7x7 maps with 512 input channels or more (stage 4 of a bottleneck ResNet at 224x224): the GEMM took 17.6
-# instead of 32.5 ms at batch 16, 65 instead of 109 ms at batch 64; with 256 channels oneDNN stays faster
+# The GEMM path's reach, from forward + backward timings (bench/RESULTS.md, 2026-12-07 evening):
+GEMM_MAX_OUTPUT_PIXELS = 16  # a 4x4 map or smaller: ResNet stage 4 at 28x28 or 32x32 input ...
+GEMM_MIN_CHANNELS = 256  # ... from 256 input channels (batch 128: 6.5 vs 9.0 ms; 128 a tie, narrower layers lose)
+# and 7x7 maps from 512 input channels (stage 4 at 224x224): 17.6 instead of 32.5 ms at batch 16, 65 instead of
+# 109 ms at batch 64; with 256 channels at 7x7 oneDNN stays faster
 GEMM_WIDE_MAX_OUTPUT_PIXELS, GEMM_WIDE_MIN_CHANNELS = 49, 512
 PLAIN_LAYOUT_MIN_BATCH = 32  # at batch 1 the plain layout was slower (torch runs its own small-input kernel)
 _AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
@@ -81,29 +82,35 @@ class Conv2d(nn.Conv2d):
         s = self.stride[0]
         return ((x.shape[2] - 1) // s + 1) * ((x.shape[3] - 1) // s + 1)
 
-    def _small_map(self, x: torch.Tensor) -> bool:
+    def _path(self, x: torch.Tensor) -> str | None:
+        """``"gemm"``, ``"plain"`` or None (``F.conv2d`` as it is), decided per call: shapes and dtypes vary."""
         pixels = self._out_pixels(x)
-        return pixels is not None and pixels <= GEMM_MAX_OUTPUT_PIXELS
+        if pixels is None:
+            return None
+        if _computes_in_bf16(x, self.weight):
+            if not _NATIVE_BF16:
+                return None
+            if self.in_channels >= GEMM_WIDE_MIN_CHANNELS:
+                return "gemm" if pixels <= GEMM_WIDE_MAX_OUTPUT_PIXELS else None
+            return "gemm" if self.in_channels >= GEMM_MIN_CHANNELS and pixels <= GEMM_MAX_OUTPUT_PIXELS else None
+        plain = (pixels <= GEMM_MAX_OUTPUT_PIXELS and x.dtype == torch.float32 and not _bf16_autocast() and _AVX512
+                 and x.shape[0] >= PLAIN_LAYOUT_MIN_BATCH and x.is_contiguous(memory_format=torch.channels_last)
+                 and not x.is_contiguous())
+        return "plain" if plain else None
 
     def uses_gemm(self, x: torch.Tensor) -> bool:
-        """Whether ``forward(x)`` takes the matrix-multiply path (checked per call: shapes and dtype vary)."""
-        pixels = self._out_pixels(x)
-        if pixels is None or not _computes_in_bf16(x, self.weight) or not _NATIVE_BF16:
-            return False
-        if self.in_channels >= GEMM_WIDE_MIN_CHANNELS:
-            return pixels <= GEMM_WIDE_MAX_OUTPUT_PIXELS
-        return self.in_channels >= GEMM_MIN_CHANNELS and pixels <= GEMM_MAX_OUTPUT_PIXELS
+        """Whether ``forward(x)`` takes the matrix-multiply path."""
+        return self._path(x) == "gemm"
 
     def uses_plain_layout(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` runs the float32 convolution on NCHW copies of a channels-last input."""
-        return (self._small_map(x) and x.dtype == torch.float32 and not _bf16_autocast() and _AVX512
-                and x.shape[0] >= PLAIN_LAYOUT_MIN_BATCH and x.is_contiguous(memory_format=torch.channels_last)
-                and not x.is_contiguous())
+        return self._path(x) == "plain"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_gemm(x):
+        path = self._path(x)
+        if path == "gemm":
             return im2col_conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride[0], 1)
-        if self.uses_plain_layout(x):
+        if path == "plain":
             y = F.conv2d(x.contiguous(), self.weight.contiguous(), None, self.stride, self.padding)
             return y.contiguous(memory_format=torch.channels_last)
         return super().forward(x)
