@@ -202,6 +202,42 @@ def test_concurrent_requests_run_as_one_forward(artifact):
         np.testing.assert_allclose(got, predictor.predict(x), atol=1e-5)
 
 
+def test_a_batch_between_two_backend_sizes_is_cut_to_the_lower_and_the_rest_runs_next(artifact):
+    predictor = load(artifact)
+    predict, calls = _counting(predictor)
+
+    async def main():
+        batcher = Batcher(predict, BatchOptions(max_batch=8, max_wait_ms=200), sizes=(1, 2, 4, 8))
+        batcher.start()
+        xs = [predictor.preprocess([image(seed=i)]) for i in range(7)]
+        out = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        await batcher.stop()
+        return xs, out
+
+    xs, out = asyncio.run(main())
+    assert calls == [4, 2, 1]  # 7 queued: 4 run, then 2 of the 3 cut off, then the last; no padding
+    for x, got in zip(xs, out, strict=True):  # every request got its own rows back, in its order
+        np.testing.assert_allclose(got, predictor.predict(x), atol=1e-5)
+
+
+def test_the_cut_keeps_arrival_order_and_never_drops_the_first_request(artifact):
+    predictor = load(artifact)
+    predict, calls = _counting(predictor)
+
+    async def main():
+        batcher = Batcher(predict, BatchOptions(max_batch=8, max_wait_ms=200), sizes=(2, 8))
+        batcher.start()
+        xs = [predictor.preprocess([image(seed=i)] * n) for i, n in enumerate((3, 1, 1, 1))]
+        out = await asyncio.gather(*(batcher.submit(x) for x in xs))
+        await batcher.stop()
+        return xs, out
+
+    xs, out = asyncio.run(main())
+    assert calls == [3, 2, 1]  # 6 images cut to size 2: the 3-image request runs alone (a request is never split)
+    for x, got in zip(xs, out, strict=True):
+        np.testing.assert_allclose(got, predictor.predict(x), atol=1e-5)
+
+
 def test_a_lone_request_does_not_wait_for_company_but_an_announced_one_is_waited_for(artifact):
     predictor = load(artifact)
     predict, calls = _counting(predictor)

@@ -85,6 +85,7 @@ def test_buckets_cover_every_batch_within_twice_its_size():
 def test_compiled_backend_equals_the_eager_one_at_every_batch_size(artifact, backend, monkeypatch):
     eager, compiled = load(artifact, backend=backend), load(artifact, backend=backend, compile_batch=4)
     assert compiled.backend.name == f"{backend}+compiled" and compiled.backend.buckets == [1, 2, 4]
+    assert compiled.batch_sizes == (1, 2, 4) and eager.batch_sizes == ()  # what the server's batcher cuts to
     calls = []
     run = compiled.backend._run
     monkeypatch.setattr(compiled.backend, "_run", lambda x: calls.append(len(x)) or run(x))
@@ -117,6 +118,7 @@ def test_a_compiled_endpoint_answers_as_the_eager_one(artifact):
     with TestClient(create_app(ServeConfig(model=str(artifact), compile=True,
                                            batch=BatchOptions(max_batch=2)))) as c:
         assert c.get("/ping").status_code == 200
+        assert c.app.state.endpoint.batcher.sizes == [1, 2]  # the batcher cuts batches to the compiled buckets
         a = c.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()
     with TestClient(create_app(ServeConfig(model=str(artifact)))) as c:
         b = c.post("/invocations", content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()

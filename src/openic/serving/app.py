@@ -124,7 +124,8 @@ class Endpoint:
         if self.predictor is None:
             self.predictor = await asyncio.get_running_loop().run_in_executor(torch_thread(), self.config.load)
         self.batcher = Batcher(self.predictor.predict, self.config.batch,
-                               on_batch=self.metrics.batch_size.observe, on_depth=self.metrics.queue_depth.set)
+                               on_batch=self.metrics.batch_size.observe, on_depth=self.metrics.queue_depth.set,
+                               sizes=self.predictor.batch_sizes)
         self.batcher.start()
         log.info("serving %s (%s backend) on /invocations", self.predictor.source, self.predictor.backend.name)
         try:

@@ -4,6 +4,11 @@ A request's images join a bounded queue; one consumer task takes the first waiti
 arrives within ``max_wait_ms`` (up to ``max_batch`` images), runs the model once in the process's torch thread
 (torch and ONNX Runtime release the GIL, so the event loop keeps accepting), and hands each request its rows.
 A full queue is refused at once (503) rather than growing without bound.
+
+A backend that runs only some batch sizes (``--compile``'s buckets, padding the rest with blank images) names
+them in ``sizes``; a batch that falls between two is cut to the lower one, and the requests cut off go first in
+the next pass. At concurrency 32 the server formed batches of ~22 that ran padded to 32, a third of the forward
+pass spent on padding (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -68,8 +73,10 @@ class Batcher:
     """Groups ``submit`` calls into forward passes of ``predict`` (uint8 ``[N, C, H, W]`` -> ``[N, K]``)."""
 
     def __init__(self, predict: Callable[[torch.Tensor], np.ndarray], options: BatchOptions,
-                 on_batch: Callable[[int], None] | None = None, on_depth: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, on_depth: Callable[[int], None] | None = None,
+                 sizes: Sequence[int] = ()) -> None:
         self.predict, self.options = predict, options
+        self.sizes = sorted(set(sizes))  # batch sizes the backend runs without padding; empty: any size
         self.on_batch, self.on_depth = on_batch or (lambda n: None), on_depth or (lambda n: None)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._arrived = asyncio.Event()
@@ -135,6 +142,7 @@ class Batcher:
                     break
                 jobs.append(job)
                 count += int(job.images.shape[0])
+            jobs, count = self._fit(jobs, count)
             self._waiting -= count
             self.on_depth(self._waiting)
             self._running = True
@@ -143,9 +151,21 @@ class Batcher:
             finally:
                 self._running = False
 
-    def _queue_front(self, job: _Job) -> None:
-        """Put back a job that did not fit, ahead of the others (asyncio.Queue has no push-front)."""
-        rest = [job]
+    def _fit(self, jobs: list[_Job], count: int) -> tuple[list[_Job], int]:
+        """Cut a batch between two of ``sizes`` down to the lower one (never below its first request): the
+        requests cut off run first in the next pass, instead of the backend computing padding in their place."""
+        target = max((s for s in self.sizes if s <= count), default=count)
+        cut: list[_Job] = []
+        while len(jobs) > 1 and count > target:
+            cut.append(jobs.pop())
+            count -= int(cut[-1].images.shape[0])
+        if cut:
+            self._queue_front(*reversed(cut))
+        return jobs, count
+
+    def _queue_front(self, *jobs: _Job) -> None:
+        """Put back jobs that did not fit, in order, ahead of the others (asyncio.Queue has no push-front)."""
+        rest = list(jobs)
         while not self._queue.empty():
             rest.append(self._queue.get_nowait())
         for j in rest:

@@ -118,6 +118,11 @@ class Predictor:
     source: str = ""
     hyperparameters: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes the backend runs without padding (``--compile``'s buckets); empty when any size is."""
+        return tuple(getattr(self.backend, "buckets", ()))
+
     def preprocess(self, images: Sequence[np.ndarray], mode: str = "sagemaker") -> torch.Tensor:
         """HWC uint8 images to one uint8 ``[N, C, H, W]`` batch.
 
