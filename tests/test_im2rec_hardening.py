@@ -98,6 +98,39 @@ def test_two_packers_of_one_prefix_never_corrupt_the_rec(tmp_path):
     assert sorted(os.listdir(out)) == ["set.idx", "set.lst", "set.rec"]
 
 
+def test_two_threads_packing_two_lists_with_workers_each_write_their_own_images(tmp_path):
+    """Each call hands its own job list to its forked workers (openic.forking), so two packs in one process at
+    once cannot encode each other's images."""
+    import threading
+
+    lsts, refs = [], []
+    for k, (h, w) in enumerate(((8, 8), (12, 20))):
+        root = tmp_path / f"img{k}"
+        for i in range(130):
+            _image(root / f"{i:04d}.jpg", h=h, w=w, value=1000 * k + i)
+        lsts.append(_list(tmp_path, [(i, i % 3, f"{i:04d}.jpg") for i in range(130)], name=f"set{k}.lst"))
+        pack_lst(lsts[k], root, tmp_path / f"ref{k}", PackOptions(num_thread=1))
+        refs.append((tmp_path / f"ref{k}.rec").read_bytes())
+    start, errors = threading.Barrier(2), []
+
+    def pack(k: int) -> None:
+        try:
+            start.wait()
+            for round_ in range(8):  # many short packs, so the two threads' forks interleave
+                out = tmp_path / f"out{k}_{round_}"
+                pack_lst(lsts[k], tmp_path / f"img{k}", out, PackOptions(num_thread=2))
+                assert out.with_suffix(".rec").read_bytes() == refs[k], (k, round_)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=pack, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 # --------------------------------------------------------------------------- 2. disk full
 
 

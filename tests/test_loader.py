@@ -2,6 +2,7 @@
 workers equals the one-process decode, and cached batches equal streamed batches for the same seed."""
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -116,3 +117,23 @@ def test_a_bad_image_in_a_streamed_batch_is_named(tmp_path):
     stream = BatchStream(RecordSource([path]), Augmenter("crop", (3, 16, 16), None), 16, True, seed=1, workers=0)
     with pytest.raises(Exception, match=r"record 40 at offset"):
         list(stream)
+
+
+def test_two_threads_caching_two_data_sets_at_once_each_get_their_own_images(tmp_path):
+    recs = [_rec(tmp_path / "a.rec", 1100, sizes=((20, 24),)), _rec(tmp_path / "b.rec", 1100, sizes=((12, 16),))]
+    want = [cache_images(RecordSource([r]), 3, None, 4096, workers=1).images for r in recs]
+    got: dict[int, torch.Tensor] = {}
+    start = threading.Barrier(2)
+
+    def build(i: int) -> None:
+        start.wait()
+        for _ in range(3):  # several rounds, so the two calls' forks interleave
+            got[i] = cache_images(RecordSource([recs[i]]), 3, None, 4096, workers=2).images
+            assert torch.equal(got[i], want[i])
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(got[i], want[i]) for i in range(2))

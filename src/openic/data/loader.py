@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from openic.data.sources import Source
 from openic.data.transforms import Augmenter, resize_shorter
 from openic.errors import ClientError, DataError
+from openic.forking import inherited, lookup
 from openic.formats.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,17 @@ def _share(out: torch.Tensor) -> bool:
     return True
 
 
-_FORKED: tuple = ()  # what decoding processes inherit at fork (the source, the shared tensor, the options)
 _RangeResult = tuple[tuple[int, int], "tuple[int, tuple[int, ...]] | None"]
 
 
-def _forked_range(span: tuple[int, int]) -> _RangeResult:
+def _forked_range(token: int, span: tuple[int, int]) -> _RangeResult:
     torch.set_num_threads(1)  # a forked child must not start an OpenMP pool of its own
-    return _decode_range(*_FORKED[:1], span, *_FORKED[1:])
+    job: tuple = lookup(token)  # type: ignore[assignment] - the source, the shared tensor, the options
+    return _decode_range(job[0], span, *job[1:])
 
 
 def _decode_ranges(ranges: list[tuple[int, int]], job: tuple, workers: int, bar: object) -> list[_RangeResult]:
     """Each range decoded in order, in this process or in ``workers`` forked ones."""
-    global _FORKED
     if workers == 1:
         results = []
         for span in ranges:
@@ -137,18 +137,14 @@ def _decode_ranges(ranges: list[tuple[int, int]], job: tuple, workers: int, bar:
             if bar is not None:
                 bar.update(span[1] - span[0])
         return results
-    _FORKED = job
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_forked_range, span) for span in ranges]
-            results = []
-            for span, fut in zip(ranges, futures, strict=True):
-                results.append(fut.result())  # in order: the first bad range raises first
-                if bar is not None:
-                    bar.update(span[1] - span[0])
-            return results
-    finally:
-        _FORKED = ()
+    with inherited(job) as token, ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_forked_range, token, span) for span in ranges]
+        results = []
+        for span, fut in zip(ranges, futures, strict=True):
+            results.append(fut.result())  # in order: the first bad range raises first
+            if bar is not None:
+                bar.update(span[1] - span[0])
+        return results
 
 
 def _decode_range(source: Source, span: tuple[int, int], out: torch.Tensor, channels: int, resize: int | None,

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from openic.errors import ClientError, DataError
+from openic.forking import inherited, lookup
 from openic.formats.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     JPEG_MAX_SIDE,
@@ -221,11 +222,11 @@ def _check_skips(lst: Path, total: int, skipped: list[Skip], skip_bad: bool) -> 
         )
 
 
-_FORKED_JOBS: list[_Job] = []  # what worker processes inherit at fork, so only index ranges cross the pipe
 
 
-def _encode_range(start: int, stop: int, options: PackOptions) -> list[bytes | Skip]:
-    return [_encode(job, options) for job in _FORKED_JOBS[start:stop]]
+def _encode_range(token: int, start: int, stop: int, options: PackOptions) -> list[bytes | Skip]:
+    jobs: list[_Job] = lookup(token)  # type: ignore[assignment] - inherited at fork: only indices cross the pipe
+    return [_encode(job, options) for job in jobs[start:stop]]
 
 
 def _pool(workers: int) -> Executor:
@@ -248,28 +249,23 @@ def _results(jobs: list[_Job], options: PackOptions) -> Iterator[tuple[_Job, byt
         for job in jobs:
             yield job, _encode(job, options)
         return
-    global _FORKED_JOBS
     size = 64
     ranges = [(i, min(i + size, len(jobs))) for i in range(0, len(jobs), size)]
     window = 2 * options.num_thread  # enough to keep the workers busy without holding the whole data set
     pending: deque[tuple[int, int, Future[list[bytes | Skip]]]] = deque()
-    _FORKED_JOBS = jobs
-    try:
-        with _pool(options.num_thread) as pool:
-            try:
-                for start, stop in ranges:
-                    pending.append((start, stop, pool.submit(_encode_range, start, stop, options)))
-                    if len(pending) >= window:
-                        a, b, fut = pending.popleft()
-                        yield from zip(jobs[a:b], fut.result(), strict=True)
-                while pending:
+    with inherited(jobs) as token, _pool(options.num_thread) as pool:
+        try:
+            for start, stop in ranges:
+                pending.append((start, stop, pool.submit(_encode_range, token, start, stop, options)))
+                if len(pending) >= window:
                     a, b, fut = pending.popleft()
                     yield from zip(jobs[a:b], fut.result(), strict=True)
-            finally:
-                for _, _, fut in pending:
-                    fut.cancel()
-    finally:
-        _FORKED_JOBS = []
+            while pending:
+                a, b, fut = pending.popleft()
+                yield from zip(jobs[a:b], fut.result(), strict=True)
+        finally:
+            for _, _, fut in pending:
+                fut.cancel()
 
 
 def _encode(job: _Job, options: PackOptions) -> bytes | Skip:
