@@ -222,8 +222,6 @@ def _check_skips(lst: Path, total: int, skipped: list[Skip], skip_bad: bool) -> 
         )
 
 
-
-
 def _encode_range(token: int, start: int, stop: int, options: PackOptions) -> list[bytes | Skip]:
     jobs: list[_Job] = lookup(token)  # type: ignore[assignment] - inherited at fork: only indices cross the pipe
     return [_encode(job, options) for job in jobs[start:stop]]
