@@ -34,6 +34,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "src"))
 from loadgen import run_load  # noqa: E402
 from mxnet_env import ensure_mxnet_venv  # noqa: E402
+from step import call_times  # noqa: E402
 
 SHAPE = (3, 32, 32)
 CLASSES = 10
@@ -60,15 +61,8 @@ def sample_jpeg() -> bytes:
 
 
 def timed(fn, seconds: float, min_calls: int = 10) -> list[float]:
-    for _ in range(5):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < seconds:
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return sorted(times)
+    """Sorted seconds per call, after 5 warm-up calls (a compiled backend's first calls of a bucket are slow)."""
+    return sorted(call_times(fn, seconds, min_calls, warmup=5))
 
 
 def model_alone(artifact: Path, backend: str, threads: int, seconds: float, batches: list[int]) -> dict:

@@ -57,10 +57,10 @@ def openic_steps(depth: int, shape: tuple[int, int, int], batch: int, bf16: bool
     return call_times(step, seconds, min_steps)
 
 
-def call_times(fn, seconds: float, min_calls: int = 5) -> list[float]:
-    """Seconds of each call of ``fn`` for about ``seconds`` (at least ``min_calls``), after two warm-up calls."""
-    fn()
-    fn()
+def call_times(fn, seconds: float, min_calls: int = 5, warmup: int = 2) -> list[float]:
+    """Seconds of each call of ``fn`` for about ``seconds`` (at least ``min_calls``), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
     times, start = [], time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - start < seconds:
         tic = time.perf_counter()
